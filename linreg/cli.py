@@ -1,0 +1,290 @@
+"""The ``linreg`` command: LightningCLI with fit, validate, test and predict, and linreg's guard rails.
+
+What LightningCLI does not do for us, and this file adds:
+- the model's sizes and column names come from the data (``link_arguments``), never typed twice;
+- a checkpoint is checked (weights-only load) before anything runs, its settings are taken over,
+  and a flag that contradicts it is an error rather than a silent override;
+- validate/test/predict refuse to run untrained weights;
+- ``--trainer.accelerator gpu`` without a GPU is one clear line;
+- user mistakes (``LinregError``) print as one line, exit 1; ``LINREG_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from linreg.callbacks import Checkpoint, PredictionWriter
+from linreg.data import LinRegData
+from linreg.errors import LinregError
+from linreg.io import check_output, write_json
+from linreg.module import LinRegModule
+
+# Settings that describe the data a checkpoint was trained on: (data flag, model hyperparameter).
+DATA_FROM_CHECKPOINT = (
+    ("features", "feature_names"),
+    ("target", "target_names"),
+    ("standardize", "standardize"),
+    ("standardize_target", "standardize_target"),
+)
+MODEL_FROM_CHECKPOINT = ("lr", "momentum", "weight_decay")
+LINKED = ("in_features", "out_features", "feature_names", "target_names", "standardize", "standardize_target")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint weights-only (a pickled payload never runs) and check it is linreg's."""
+    p = Path(path)
+    if not p.is_file():
+        raise LinregError(f"--ckpt_path {p}: no such file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise LinregError(f"--ckpt_path {p}: refused, not a plain checkpoint ({reason})") from exc
+    except Exception as exc:
+        raise LinregError(f"--ckpt_path {p}: not a readable checkpoint (truncated or another format: "
+                          f"{type(exc).__name__})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "in_features" not in ckpt.get("hyper_parameters", {}):
+        raise LinregError(f"--ckpt_path {p}: not a linreg checkpoint (no model hyperparameters or weights)")
+    return ckpt
+
+
+def find_last_checkpoint(root: str | Path) -> Path:
+    """The newest ``last*.ckpt`` under ``root/lightning_logs``: what ``--ckpt_path last`` means here."""
+    candidates = sorted(Path(root).glob("lightning_logs/version_*/checkpoints/last*.ckpt"),
+                        key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise LinregError(f"--ckpt_path last: no last.ckpt under {Path(root) / 'lightning_logs'}")
+    return candidates[-1]
+
+
+class _SaveFitConfig(SaveConfigCallback):
+    """Save config.yaml for fit only: a predict run should not leave a log folder behind."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
+class LinregCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            LinRegModule,
+            LinRegData,
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,  # SGD lives in configure_optimizers; no --optimizer override
+            save_config_callback=_SaveFitConfig,
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": ".", "default_hp_metric": False},
+                },
+                "enable_model_summary": False,
+                "enable_progress_bar": sys.stderr.isatty(),
+                "num_sanity_val_steps": 0,
+                "log_every_n_steps": 1,
+            },
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in LINKED:
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument("--output", type=str | None, default=None,
+                                help="write predictions here (.csv or .parquet), one row per input row")
+            parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output")
+        return parser
+
+    def _parse_ckpt_path(self) -> None:
+        """Check the checkpoint and take its settings, instead of Lightning's silent merge."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
+        if sub != "fit" and not cfg.get("ckpt_path"):
+            raise LinregError(f"linreg {sub} needs --ckpt_path CKPT (a checkpoint written by `linreg fit`); "
+                              "without one it would use untrained weights")
+        if not cfg.get("ckpt_path"):
+            return
+        if cfg.ckpt_path == "last":
+            cfg.ckpt_path = str(find_last_checkpoint(cfg.trainer.get("default_root_dir") or "."))
+        hp = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]
+        defaults = self._subcommand_parsers[sub].get_defaults()
+        for data_key, model_key in DATA_FROM_CHECKPOINT:
+            self._take(cfg, defaults, f"data.{data_key}", hp.get(model_key), cfg.ckpt_path)
+        for key in MODEL_FROM_CHECKPOINT:
+            self._take(cfg, defaults, f"model.{key}", hp.get(key), cfg.ckpt_path)
+
+    @staticmethod
+    def _take(cfg: Namespace, defaults: Namespace, key: str, saved: Any, ckpt_path: str) -> None:
+        if saved is None:
+            return
+        given, default = cfg.get(key), defaults.get(key)
+        same = given == saved or (isinstance(saved, list) and isinstance(given, str) and [given] == saved)
+        if given != default and not same:
+            raise LinregError(f"--{key} {given!r} contradicts the checkpoint {ckpt_path}, which was trained "
+                              f"with {saved!r}; drop the flag or train a new model")
+        cfg[key] = saved
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        accelerator = cfg.trainer.get("accelerator")
+        if isinstance(accelerator, str) and accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise LinregError(f"--trainer.accelerator {accelerator}: no CUDA GPU is visible to torch "
+                              f"{torch.__version__} ({build}); available here: cpu")
+        if self.subcommand == "predict":
+            cfg.trainer.logger = False  # a predict run writes its file, not a log folder
+            if cfg.get("output"):
+                check_output(cfg.output, cfg.overwrite)
+
+    def after_instantiate_classes(self) -> None:
+        """Read and check all the data this subcommand needs, before the trainer creates anything."""
+        if self.subcommand:
+            self.datamodule.check(self.subcommand)
+
+    def before_predict(self) -> None:
+        cfg = self.config["predict"]
+        if cfg.get("output"):
+            self.trainer.callbacks.append(PredictionWriter(
+                cfg.output, self.datamodule.target_names, self.datamodule.predict_ids,
+                self.datamodule.id_column, overwrite=cfg.overwrite))
+
+    def after_predict(self) -> None:
+        if not self.config["predict"].get("output"):
+            print("linreg: no --output given; predictions were computed but not written")
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero and not self.trainer.interrupted:
+            print_fit_summary(self.model, self.trainer)
+
+    def after_validate(self) -> None:
+        print_metrics(self.trainer.callback_metrics, "val/")
+
+    def after_test(self) -> None:
+        print_metrics(self.trainer.callback_metrics, "test/")
+
+
+def print_metrics(metrics: dict[str, Any], prefix: str) -> None:
+    for name, value in sorted(metrics.items()):
+        if name.startswith(prefix):
+            print(f"{name:<24} {float(value):.6g}")
+
+
+def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
+    """Coefficients (SGD beside the closed form, in original units) and the fit's final metrics."""
+    hp = model.hparams
+    features = hp.feature_names or [f"x{i}" for i in range(hp.in_features)]
+    targets = hp.target_names or [f"y{i}" for i in range(hp.out_features)]
+    w, b = model.coefficients()
+    opt = model.optimum
+    per_target = {}
+    for j, t in enumerate(targets):
+        per_target[t] = {
+            "sgd": {"coef": dict(zip(features, w[j].tolist())), "intercept": float(b[j])},
+            "closed_form": None if opt is None else {
+                "coef": dict(zip(features, opt.coef[j].tolist())), "intercept": float(opt.intercept[j])},
+        }
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    summary = {
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "features": features,
+        "targets": per_target,
+        "metrics": metrics,
+        "optimum": None if opt is None else {"mse": opt.mse, "sgd_mse": opt.sgd_mse, "excess": opt.excess},
+        "checkpoint": trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None,
+    }
+    if hp.in_features == 1:
+        with torch.no_grad():
+            x5 = torch.full((1, 1), 5.0, device=model.device)
+            summary["prediction_at_5"] = {t: float(v) for t, v in zip(targets, model(x5)[0])}
+    return summary
+
+
+def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
+    """Print the fit as a short table and save it as summary.json beside the checkpoint."""
+    s = fit_summary(model, trainer)
+    lines = [f"linreg: fit done, {s['epochs']} epoch(s), {s['steps']} step(s)"]
+    if "train/loss" in s["metrics"]:
+        lines.append(f"  final loss      {s['metrics']['train/loss']:.8f}")
+    for name in ("train/r2", "val/mse", "val/r2"):
+        if name in s["metrics"]:
+            lines.append(f"  {name:<15} {s['metrics'][name]:.6g}")
+    lines.append(f"  {'target':<10} {'term':<16} {'sgd':>14} {'closed form':>14}")
+    for t, d in s["targets"].items():
+        cf = d["closed_form"] or {"coef": {}, "intercept": float("nan")}
+        for f, v in d["sgd"]["coef"].items():
+            lines.append(f"  {t:<10} {f:<16} {v:>14.6g} {cf['coef'].get(f, float('nan')):>14.6g}")
+        lines.append(f"  {t:<10} {'(intercept)':<16} {d['sgd']['intercept']:>14.6g} {cf['intercept']:>14.6g}")
+    if len(s["features"]) == 1 and len(s["targets"]) == 1:
+        t = next(iter(s["targets"]))
+        w, b = s["targets"][t]["sgd"]["coef"][s["features"][0]], s["targets"][t]["sgd"]["intercept"]
+        lines.append(f"  w = {w:.3f}, b = {b:.3f}, prediction f(5) = {s['prediction_at_5'][t]:.3f}")
+    opt = s["optimum"]
+    if opt is not None:
+        lines.append(f"  optimum mse {opt['mse']:.6g}; SGD mse {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)")
+        if opt["excess"] > 0.01:
+            lines.append("  warning: SGD ended far from the least-squares optimum; try --data.standardize true, "
+                         "a larger --model.lr or more --trainer.max_epochs")
+    if s["checkpoint"]:
+        path = write_json(Path(s["checkpoint"]).parent / "summary.json", s)
+        lines.append(f"  checkpoint: {s['checkpoint']}")
+        lines.append(f"  summary:    {path}")
+    print("\n".join(lines))
+    return s
+
+
+NOISE = (
+    r".*Total length of `list` across ranks is zero.*",  # no validation split: intended
+    r".*The dirpath has changed from.*",  # restoring a checkpoint to predict: irrelevant
+    r".*LeafSpec.*",  # a torch deprecation inside Lightning
+    r".*does not have many workers.*",  # batches are tensor slices, no workers needed
+    r".*infer the batch indices.*",  # rows carry their own index (see PredictionWriter)
+)
+
+
+class _DropTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Silence Lightning messages that are noise for linreg's users (each one named in NOISE)."""
+    for pattern in NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTip())
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``linreg`` command; tests call ``main([...])`` in process."""
+    _quiet_lightning()
+    try:
+        LinregCLI(args=args)
+    except LinregError as exc:
+        if os.environ.get("LINREG_DEBUG"):
+            raise
+        print(f"linreg: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
+

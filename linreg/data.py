@@ -1,0 +1,443 @@
+"""The data side: tables in, contiguous batches out.
+
+``LinRegData`` reads a CSV, Parquet or NPZ table (or takes tensors, or defaults to the tutorial's
+four points), checks every value it will train on, splits it, and serves batches through
+``Batches``: slices of contiguous tensors instead of per-row ``__getitem__`` plus collate, which is
+what decides speed for a model this cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from linreg.errors import LinregError
+from linreg.reference import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
+
+Shuffle = Literal["blocks", "rows", "none"]
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
+
+
+def read_table(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read a table; return it with the target columns the file itself implies (``y`` or an NPZ's ``y``).
+
+    Any failure to parse becomes a ``LinregError`` naming the file: a user's file is input, and
+    input never surfaces as a raw pandas or numpy traceback.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise LinregError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    suffix = p.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise LinregError(f"{p}: unsupported file type {suffix or '(none)'!r}; expected .csv, .parquet or .npz")
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(p)
+        elif suffix == ".npz":
+            return _read_npz(p)
+        else:
+            df = pd.read_parquet(p)
+    except LinregError:
+        raise
+    except Exception as exc:  # any parser failure on user input is a user error
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LinregError(f"{p}: cannot read as {suffix[1:]}: {reason}") from exc
+    df.columns = [str(c) for c in df.columns]
+    duplicated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if duplicated:
+        raise LinregError(f"{p}: duplicate column names {duplicated}")
+    return df, (["y"] if "y" in df.columns else [])
+
+
+def _read_npz(p: Path) -> tuple[pd.DataFrame, list[str]]:
+    with np.load(p, allow_pickle=False) as npz:
+        if "X" not in npz.files:
+            raise LinregError(f"{p}: an .npz needs an array named 'X' (n×d); found {sorted(npz.files)}")
+        X = npz["X"]
+        y = npz["y"] if "y" in npz.files else None
+    X = X.reshape(-1, 1) if X.ndim == 1 else X
+    if X.ndim != 2:
+        raise LinregError(f"{p}: array 'X' must be 2-D (n×d), got shape {tuple(X.shape)}")
+    names = ["x"] if X.shape[1] == 1 else [f"x{i}" for i in range(X.shape[1])]
+    columns = {name: X[:, i] for i, name in enumerate(names)}
+    targets: list[str] = []
+    if y is not None:
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if y.ndim != 2 or y.shape[0] != X.shape[0]:
+            raise LinregError(f"{p}: array 'y' must have {X.shape[0]} rows like 'X', got shape {tuple(y.shape)}")
+        targets = ["y"] if y.shape[1] == 1 else [f"y{i}" for i in range(y.shape[1])]
+        columns.update({name: y[:, i] for i, name in enumerate(targets)})
+    return pd.DataFrame(columns), targets
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def _looks_numeric(series: pd.Series) -> bool:
+    """A text column where some cells parse as numbers is a numeric column with bad cells, not a label."""
+    return _is_numeric(series) or bool(pd.to_numeric(series, errors="coerce").notna().any())
+
+
+def to_matrix(df: pd.DataFrame, columns: Sequence[str], source: str) -> Tensor:
+    """Columns as a float32 tensor, refusing anything that would train to NaN: text, NaN, inf."""
+    for name in columns:
+        if name not in df.columns:
+            raise LinregError(f"{source}: no column {name!r}; columns are {list(df.columns)}")
+        series = df[name]
+        if not _is_numeric(series):
+            bad = pd.to_numeric(series, errors="coerce").isna() & series.notna()
+            row = int(np.flatnonzero(bad.to_numpy())[0]) + 1 if bad.any() else None
+            where = f" (row {row}: {series.iloc[row - 1]!r})" if row else ""
+            raise LinregError(f"{source}: column {name!r} is not numeric{where}")
+    values = df[list(columns)].to_numpy(dtype=np.float64)
+    bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
+    if bad_rows.size:
+        r, c = int(bad_rows[0]), int(bad_cols[0])
+        raise LinregError(
+            f"{source}: column {columns[c]!r} row {r + 1} is {values[r, c]} ({bad_rows.size} non-finite value(s) in all)"
+        )
+    big = np.abs(values) > np.finfo(np.float32).max
+    if big.any():
+        r, c = (int(i[0]) for i in np.nonzero(big))
+        raise LinregError(f"{source}: column {columns[c]!r} row {r + 1} overflows float32 ({values[r, c]})")
+    return torch.from_numpy(values.astype(np.float32))
+
+
+class Batches:
+    """Batches as contiguous slices, in a seeded order, sharded across distributed ranks.
+
+    Shuffling schemes (``shuffle``):
+
+    - ``"blocks"``: the data module permutes the rows once at set-up; each epoch then visits the
+      batch-sized blocks in a fresh order seeded by (seed, epoch). Every row once per epoch, batches
+      are free views, but a row always meets the same batch-mates.
+    - ``"rows"``: an exact per-row shuffle each epoch, at the cost of a gather per batch.
+    - ``"none"``: rows in order, as the tutorial's loop.
+
+    Lightning calls ``sampler.set_epoch(epoch)`` on every train loader each epoch, so the order
+    depends only on (seed, epoch) and a resumed fit sees exactly the batches of a straight one.
+
+    Distributed: each global batch (what one process would take) is split into ``world_size``
+    contiguous parts, one per rank, so every rank takes the same number of steps, no row is padded
+    or repeated, and the module scales each rank's summed loss by world_size / rows-in-global-batch:
+    DDP's gradient average is then exactly the gradient of the global batch mean.
+    """
+
+    batch_sampler = None  # Lightning inspects DataLoader-like objects for these two
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        batch_size: int | None = None,
+        shuffle: Shuffle = "none",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        with_index: bool = False,
+    ) -> None:
+        self.x, self.y = x, y
+        self.n = x.shape[0]
+        self.batch_size = max(1, min(batch_size or self.n, self.n)) if self.n else 1
+        self.shuffle, self.seed = shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.with_index = with_index
+        self.epoch = 0
+
+    @property
+    def sampler(self) -> Batches:
+        """Where Lightning looks for ``set_epoch``."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        n_batches, b = len(self), self.batch_size
+        order = range(n_batches)
+        if self.shuffle == "blocks" and n_batches > 1:
+            order = torch.randperm(n_batches, generator=self._generator()).tolist()
+        perm = torch.randperm(self.n, generator=self._generator()) if self.shuffle == "rows" else None
+        for block in order:
+            start, stop = block * b, min((block + 1) * b, self.n)
+            per_rank = math.ceil((stop - start) / self.world_size)
+            lo = min(start + self.rank * per_rank, stop)
+            hi = min(lo + per_rank, stop)
+            if perm is not None:
+                idx = perm[lo:hi]
+                batch = {"x": self.x.index_select(0, idx), "n": stop - start}
+                if self.y is not None:
+                    batch["y"] = self.y.index_select(0, idx)
+            else:
+                idx = None
+                batch = {"x": self.x[lo:hi], "n": stop - start}
+                if self.y is not None:
+                    batch["y"] = self.y[lo:hi]
+            if self.with_index:
+                batch["index"] = idx if idx is not None else torch.arange(lo, hi)
+            yield batch
+
+
+class LinRegData(L.LightningDataModule):
+    """Serves X/Y for fit, validate, test and predict.
+
+    With no ``path`` it serves the tutorial's X=[[1],[2],[3],[4]], Y=2X and predicts X_test=[[5]].
+    The table is read when the CLI first asks for the feature names (to size the model), so a bad
+    file fails before any trainer, log folder or checkpoint exists.
+
+    Args:
+        path: CSV (with a header), Parquet, or NPZ with arrays ``X`` (n×d) and ``y`` (n or n×k).
+        target: target column, or a list of them for multi-output regression (default: ``y``).
+        features: feature columns (default: every other numeric column).
+        id_column: a column passed through to prediction files, never used as a feature.
+        val_path: a separate validation table (instead of ``val_fraction``).
+        test_path: a separate test table (instead of ``test_fraction``).
+        val_fraction: share of rows held out for validation; 0 means none.
+        test_fraction: share of rows held out for testing; 0 means none.
+        seed: seeds the split and the shuffling, so a run is reproducible and resumable.
+        batch_size: rows per optimizer step; default: all training rows (the tutorial's full batch).
+        shuffle: ``blocks`` (default), ``rows`` or ``none``; see ``Batches``.
+        standardize: standardize features with training-split statistics kept in the checkpoint.
+        standardize_target: standardize targets too (only with ``standardize``).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        target: str | list[str] | None = None,
+        features: list[str] | None = None,
+        id_column: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        val_fraction: float = 0.0,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+        batch_size: int | None = None,
+        shuffle: Shuffle = "blocks",
+        standardize: bool = False,
+        standardize_target: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= frac < 1.0:
+                raise LinregError(f"--data.{name} must be in [0, 1), got {frac}")
+        if val_fraction + test_fraction >= 1.0:
+            raise LinregError("--data.val_fraction + --data.test_fraction must leave training rows (sum < 1)")
+        if val_path and val_fraction:
+            raise LinregError("give --data.val_path or --data.val_fraction, not both")
+        if test_path and test_fraction:
+            raise LinregError("give --data.test_path or --data.test_fraction, not both")
+        if batch_size is not None and batch_size < 1:
+            raise LinregError(f"--data.batch_size must be at least 1, got {batch_size}")
+        if standardize_target and not standardize:
+            raise LinregError("--data.standardize_target needs --data.standardize true")
+        self.path, self.id_column = path, id_column
+        self.standardize, self.standardize_target = standardize, standardize_target
+        self._target = [target] if isinstance(target, str) else (list(target) if target else None)
+        self._features = list(features) if features else None
+        self._table: pd.DataFrame | None = None
+        self._tensors: tuple[Tensor, Tensor | None] | None = None
+        self._splits: dict[str, tuple[Tensor, Tensor | None]] = {}
+        self.scaling: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+
+    @classmethod
+    def from_tensors(cls, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> LinRegData:
+        """Data from Python: ``x`` (n×d), ``y`` (n or n×k); columns are named x0.. and y0.. (or x, y)."""
+        dm = cls(**kwargs)
+        x = x.reshape(-1, 1) if x.ndim == 1 else x
+        if y is not None:
+            y = y.reshape(-1, 1) if y.ndim == 1 else y
+        for name, t in (("x", x), ("y", y)):
+            if t is not None and not torch.isfinite(t).all():
+                raise LinregError(f"from_tensors: {name} holds NaN or inf")
+        dm._tensors = (x.float().contiguous(), None if y is None else y.float().contiguous())
+        dm._features = ["x"] if x.shape[1] == 1 else [f"x{i}" for i in range(x.shape[1])]
+        k = 1 if y is None else y.shape[1]
+        dm._target = ["y"] if k == 1 else [f"y{i}" for i in range(k)]
+        return dm
+
+    # -- names, resolved from the table header (what the CLI links into the model) --------------
+
+    def _load(self) -> pd.DataFrame | None:
+        if self.path is not None and self._table is None:
+            self._table, implied = read_table(self.path)
+            self._target = self._target or implied or None
+            if self._target is None:
+                raise LinregError(
+                    f"{self.path}: no column named 'y'; name the target with --data.target "
+                    f"(columns are {list(self._table.columns)})"
+                )
+        return self._table
+
+    @property
+    def target_names(self) -> list[str]:
+        self._load()
+        return self._target or ["y"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        table = self._load()
+        if self._features is None:
+            if table is None:
+                return ["x"]
+            skip = set(self.target_names) | {self.id_column}
+            self._features = [c for c in table.columns if c not in skip and _looks_numeric(table[c])]
+            if not self._features:
+                raise LinregError(f"{self.path}: no numeric feature columns besides the target {self.target_names}")
+        overlap = sorted(set(self._features) & set(self.target_names))
+        if overlap:
+            raise LinregError(f"columns {overlap} are both features and targets")
+        return self._features
+
+    @property
+    def in_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def out_features(self) -> int:
+        return len(self.target_names)
+
+    # -- tensors ---------------------------------------------------------------------------------
+
+    def _xy(self, df: pd.DataFrame, source: str, need_target: bool) -> tuple[Tensor, Tensor | None]:
+        x = to_matrix(df, self.feature_names, source)
+        if not need_target:
+            return x, None
+        missing = [t for t in self.target_names if t not in df.columns]
+        if missing:
+            raise LinregError(f"{source}: no target column(s) {missing}; columns are {list(df.columns)}")
+        return x, to_matrix(df, self.target_names, source)
+
+    def _all(self, need_target: bool) -> tuple[Tensor, Tensor | None]:
+        if self._tensors is not None:
+            x, y = self._tensors
+            if need_target and y is None:
+                raise LinregError("from_tensors: this stage needs targets; pass y")
+            return x, y
+        table = self._load()
+        if table is None:
+            return X_TUTORIAL.clone(), Y_TUTORIAL.clone()
+        return self._xy(table, str(self.path), need_target)
+
+    def _split(self) -> None:
+        """Fractions take a seeded random subset; training rows keep their file order."""
+        x, y = self._all(need_target=True)
+        n = x.shape[0]
+        hp = self.hparams
+        n_test = round(hp.test_fraction * n)
+        n_val = round(hp.val_fraction * n)
+        for name, frac, count in (("test_fraction", hp.test_fraction, n_test), ("val_fraction", hp.val_fraction, n_val)):
+            if frac > 0 and count == 0:
+                raise LinregError(f"--data.{name} {frac} of {n} rows is no row at all: too few rows for this split")
+        if n - n_test - n_val < 1:
+            raise LinregError(f"{self.path}: {n} rows leave no training rows after the requested splits")
+        if n_test or n_val:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
+            test_idx, val_idx = perm[:n_test].sort().values, perm[n_test : n_test + n_val].sort().values
+            train_idx = perm[n_test + n_val :].sort().values
+            self._splits["test"] = (x[test_idx], y[test_idx])
+            self._splits["val"] = (x[val_idx], y[val_idx])
+            x, y = x[train_idx], y[train_idx]
+        for key, path in (("val", hp.val_path), ("test", hp.test_path)):
+            if path:
+                self._splits[key] = self._xy(read_table(path)[0], path, need_target=True)
+        n_batches = math.ceil(x.shape[0] / (hp.batch_size or x.shape[0]))
+        if hp.shuffle == "blocks" and n_batches > 1:
+            perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(hp.seed))
+            x, y = x[perm], y[perm]
+        self._splits["train"] = (x, y)
+        if hp.standardize:
+            x_mean, x_std = x.mean(0), x.std(0, unbiased=False)
+            y_mean, y_std = (y.mean(0), y.std(0, unbiased=False)) if hp.standardize_target else (None, None)
+            self.scaling = (
+                x_mean,
+                torch.where(x_std > 0, x_std, torch.ones_like(x_std)),
+                y_mean if y_mean is not None else torch.zeros(y.shape[1]),
+                torch.where(y_std > 0, y_std, torch.ones_like(y_std)) if y_std is not None else torch.ones(y.shape[1]),
+            )
+
+    def check(self, stage: str) -> None:
+        """Read and validate everything ``stage`` needs, so bad input fails before any run starts."""
+        if stage == "predict":
+            self._predict_x()
+            return
+        if "train" not in self._splits:
+            self._split()
+        if stage in ("validate", "test"):
+            key = "val" if stage == "validate" else "test"
+            if key not in self._splits:
+                # Without a held-out split, validate/test evaluate on the whole table.
+                self._splits[key] = self._all(need_target=True)
+
+    def _predict_x(self) -> Tensor:
+        if "predict" not in self._splits:
+            if self._tensors is not None:
+                x = self._tensors[0]
+            elif self.path is None:
+                x = X_TEST_TUTORIAL.clone()
+            else:
+                table = self._load()
+                allowed = set(self.feature_names) | set(self.target_names) | {self.id_column}
+                missing = [c for c in self.feature_names if c not in table.columns]
+                extra = [c for c in table.columns if c not in allowed]
+                if missing or extra:
+                    parts = [f"missing feature column(s) {missing}" if missing else "",
+                             f"unexpected column(s) {extra} (pass an id column with --data.id_column)" if extra else ""]
+                    raise LinregError(f"{self.path}: " + "; ".join(p for p in parts if p)
+                                      + f"; the model expects features {self.feature_names}")
+                x = to_matrix(table, self.feature_names, str(self.path))
+            self._splits["predict"] = (x, None)
+        return self._splits["predict"][0]
+
+    @property
+    def predict_ids(self) -> pd.Series | None:
+        table = self._load()
+        if table is None or self.id_column is None:
+            return None
+        if self.id_column not in table.columns:
+            raise LinregError(f"{self.path}: no id column {self.id_column!r}; columns are {list(table.columns)}")
+        return table[self.id_column]
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        self.check({"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage])
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _batches(self, key: str, shuffle: Shuffle = "none", with_index: bool = False) -> Batches | list:
+        if key not in self._splits:
+            return []
+        x, y = self._splits[key]
+        rank, world = self._rank()
+        return Batches(x, y, self.hparams.batch_size, shuffle, self.hparams.seed, rank, world, with_index)
+
+    def train_dataloader(self) -> Batches | list:
+        return self._batches("train", shuffle=self.hparams.shuffle)
+
+    def val_dataloader(self) -> Batches | list:
+        return self._batches("val")
+
+    def test_dataloader(self) -> Batches | list:
+        return self._batches("test")
+
+    def predict_dataloader(self) -> Batches | list:
+        return self._batches("predict", with_index=True)

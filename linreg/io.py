@@ -1,0 +1,55 @@
+"""Writing files so that a crash or a second run never leaves half a file or loses a result."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from linreg.errors import LinregError
+
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+def check_output(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an output we could not or should not write, before any work is done."""
+    p = Path(path)
+    if p.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise LinregError(f"--output {p}: the file name must end in .csv or .parquet")
+    if p.exists() and not overwrite:
+        raise LinregError(f"--output {p} already exists; pass --overwrite true to replace it")
+    if not p.parent.exists():
+        raise LinregError(f"--output {p}: folder {p.parent} does not exist")
+    return p
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool = True) -> Path:
+    """Write to a temporary file beside ``path``, then rename it over: readers see all or nothing."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise LinregError(f"{p} already exists; pass --overwrite true to replace it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def write_table(path: str | Path, df: pd.DataFrame, overwrite: bool = False) -> Path:
+    """CSV or Parquet by the file's extension, atomically."""
+    if Path(path).suffix.lower() == ".parquet":
+        return atomic_write(path, lambda t: df.to_parquet(t, index=False), overwrite)
+    return atomic_write(path, lambda t: df.to_csv(t, index=False), overwrite)
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    return atomic_write(path, lambda t: t.write_text(json.dumps(data, indent=2) + "\n"))

@@ -1,0 +1,14 @@
+"""The tutorial's stage-4 model: a custom ``nn.Module`` around one ``nn.Linear``."""
+
+from torch import Tensor, nn
+
+
+class LinearRegression(nn.Module):
+    """y = x Wᵀ + b, kept as its own module so the manual loop and Lightning train the very same thing."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_features, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin(x)
