@@ -64,14 +64,21 @@ class PredictionWriter(BasePredictionWriter):
     order by the row index each batch carries.
     """
 
-    def __init__(self, output: str | Path, target_names: list[str], ids: pd.Series | None = None,
-                 id_column: str | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        output: str | Path,
+        target_names: list[str],
+        ids: pd.Series | None = None,
+        id_column: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
         super().__init__(write_interval="epoch")
         self.output, self.target_names = Path(output), target_names
         self.ids, self.id_column, self.overwrite = ids, id_column, overwrite
 
-    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any,
-                           batch_indices: Any) -> None:
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
         index = torch.cat([p["index"].cpu() for p in predictions]).numpy()
         pred = torch.cat([p["pred"].detach().float().cpu() for p in predictions]).numpy()
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
@@ -89,6 +96,6 @@ class PredictionWriter(BasePredictionWriter):
             raise LinregError("the model produced non-finite predictions; no output written")
         df = pd.DataFrame(pred, columns=self.target_names)
         if self.ids is not None:
-            df.insert(0, self.id_column, self.ids.to_numpy())
+            df.insert(0, self.id_column, self.ids)
         write_table(self.output, df, overwrite=self.overwrite)
         rank_zero_info(f"linreg: wrote {len(df)} prediction(s) to {self.output}")

@@ -52,8 +52,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = str(exc).strip().splitlines()[0]
         raise LinregError(f"--ckpt_path {p}: refused, not a plain checkpoint ({reason})") from exc
     except Exception as exc:
-        raise LinregError(f"--ckpt_path {p}: not a readable checkpoint (truncated or another format: "
-                          f"{type(exc).__name__})") from exc
+        raise LinregError(
+            f"--ckpt_path {p}: not a readable checkpoint (truncated or another format: {type(exc).__name__})"
+        ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "in_features" not in ckpt.get("hyper_parameters", {}):
         raise LinregError(f"--ckpt_path {p}: not a linreg checkpoint (no model hyperparameters or weights)")
     return ckpt
@@ -61,8 +62,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def find_last_checkpoint(root: str | Path) -> Path:
     """The newest ``last*.ckpt`` under ``root/lightning_logs``: what ``--ckpt_path last`` means here."""
-    candidates = sorted(Path(root).glob("lightning_logs/version_*/checkpoints/last*.ckpt"),
-                        key=lambda p: p.stat().st_mtime)
+    candidates = sorted(
+        Path(root).glob("lightning_logs/version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime
+    )
     if not candidates:
         raise LinregError(f"--ckpt_path last: no last.ckpt under {Path(root) / 'lightning_logs'}")
     return candidates[-1]
@@ -85,6 +87,7 @@ class LinregCLI(LightningCLI):
             run=run,
             auto_configure_optimizers=False,  # SGD lives in configure_optimizers; no --optimizer override
             save_config_callback=_SaveFitConfig,
+            seed_everything_default=0,  # reproducible unless asked otherwise
             trainer_defaults={
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -107,8 +110,12 @@ class LinregCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
-            parser.add_argument("--output", type=str | None, default=None,
-                                help="write predictions here (.csv or .parquet), one row per input row")
+            parser.add_argument(
+                "--output",
+                type=str | None,
+                default=None,
+                help="write predictions here (.csv or .parquet), one row per input row",
+            )
             parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output")
         return parser
 
@@ -119,8 +126,10 @@ class LinregCLI(LightningCLI):
             return
         cfg = self.config[sub]
         if sub != "fit" and not cfg.get("ckpt_path"):
-            raise LinregError(f"linreg {sub} needs --ckpt_path CKPT (a checkpoint written by `linreg fit`); "
-                              "without one it would use untrained weights")
+            raise LinregError(
+                f"linreg {sub} needs --ckpt_path CKPT (a checkpoint written by `linreg fit`); "
+                "without one it would use untrained weights"
+            )
         if not cfg.get("ckpt_path"):
             return
         if cfg.ckpt_path == "last":
@@ -139,8 +148,10 @@ class LinregCLI(LightningCLI):
         given, default = cfg.get(key), defaults.get(key)
         same = given == saved or (isinstance(saved, list) and isinstance(given, str) and [given] == saved)
         if given != default and not same:
-            raise LinregError(f"--{key} {given!r} contradicts the checkpoint {ckpt_path}, which was trained "
-                              f"with {saved!r}; drop the flag or train a new model")
+            raise LinregError(
+                f"--{key} {given!r} contradicts the checkpoint {ckpt_path}, which was trained "
+                f"with {saved!r}; drop the flag or train a new model"
+            )
         cfg[key] = saved
 
     def before_instantiate_classes(self) -> None:
@@ -148,8 +159,10 @@ class LinregCLI(LightningCLI):
         accelerator = cfg.trainer.get("accelerator")
         if isinstance(accelerator, str) and accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
-            raise LinregError(f"--trainer.accelerator {accelerator}: no CUDA GPU is visible to torch "
-                              f"{torch.__version__} ({build}); available here: cpu")
+            raise LinregError(
+                f"--trainer.accelerator {accelerator}: no CUDA GPU is visible to torch "
+                f"{torch.__version__} ({build}); available here: cpu"
+            )
         if self.subcommand == "predict":
             cfg.trainer.logger = False  # a predict run writes its file, not a log folder
             if cfg.get("output"):
@@ -163,9 +176,15 @@ class LinregCLI(LightningCLI):
     def before_predict(self) -> None:
         cfg = self.config["predict"]
         if cfg.get("output"):
-            self.trainer.callbacks.append(PredictionWriter(
-                cfg.output, self.datamodule.target_names, self.datamodule.predict_ids,
-                self.datamodule.id_column, overwrite=cfg.overwrite))
+            self.trainer.callbacks.append(
+                PredictionWriter(
+                    cfg.output,
+                    self.datamodule.target_names,
+                    self.datamodule.predict_ids,
+                    self.datamodule.id_column,
+                    overwrite=cfg.overwrite,
+                )
+            )
 
     def after_predict(self) -> None:
         if not self.config["predict"].get("output"):
@@ -199,8 +218,9 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
     for j, t in enumerate(targets):
         per_target[t] = {
             "sgd": {"coef": dict(zip(features, w[j].tolist())), "intercept": float(b[j])},
-            "closed_form": None if opt is None else {
-                "coef": dict(zip(features, opt.coef[j].tolist())), "intercept": float(opt.intercept[j])},
+            "closed_form": None
+            if opt is None
+            else {"coef": dict(zip(features, opt.coef[j].tolist())), "intercept": float(opt.intercept[j])},
         }
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     summary = {
@@ -217,6 +237,15 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             x5 = torch.full((1, 1), 5.0, device=model.device)
             summary["prediction_at_5"] = {t: float(v) for t, v in zip(targets, model(x5)[0])}
     return summary
+
+
+def far_from_optimum_advice(excess: float, standardized: bool) -> str:
+    """Say plainly that SGD stopped short, and what usually closes the gap."""
+    steps = ["--data.standardize true"] if not standardized else []
+    steps += ["a larger --model.lr (or --model.momentum 0.9)", "more --trainer.max_epochs"]
+    why = "" if not standardized else " (standardized already: collinear features converge slowly)"
+    return (f"warning: SGD ended {100 * excess:.3g}% above the least-squares optimum{why}; try "
+            + ", ".join(steps) + "; the closed-form coefficients are in the table above")
 
 
 def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
@@ -240,10 +269,14 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         lines.append(f"  w = {w:.3f}, b = {b:.3f}, prediction f(5) = {s['prediction_at_5'][t]:.3f}")
     opt = s["optimum"]
     if opt is not None:
-        lines.append(f"  optimum mse {opt['mse']:.6g}; SGD mse {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)")
+        lines.append(
+            f"  optimum mse {opt['mse']:.6g}; SGD mse {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)"
+        )
         if opt["excess"] > 0.01:
-            lines.append("  warning: SGD ended far from the least-squares optimum; try --data.standardize true, "
-                         "a larger --model.lr or more --trainer.max_epochs")
+            lines.append(
+                "  warning: SGD ended far from the least-squares optimum; try --data.standardize true, "
+                "a larger --model.lr or more --trainer.max_epochs"
+            )
     if s["checkpoint"]:
         path = write_json(Path(s["checkpoint"]).parent / "summary.json", s)
         lines.append(f"  checkpoint: {s['checkpoint']}")
@@ -287,4 +320,3 @@ def main(args: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -23,41 +23,182 @@ from linreg.errors import LinregError
 from linreg.reference import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 
 Shuffle = Literal["blocks", "rows", "none"]
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")
 
 
-def read_table(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """Read a table; return it with the target columns the file itself implies (``y`` or an NPZ's ``y``).
+class Table:
+    """A table's columns by name, whatever the file format; values are converted only when asked.
 
-    Any failure to parse becomes a ``LinregError`` naming the file: a user's file is input, and
-    input never surfaces as a raw pandas or numpy traceback.
+    CSV and Parquet come through pandas; NPZ arrays and memory-mapped ``.npy`` files stay numpy, so
+    a large float32 table reaches training without a pandas copy (``.npy`` without reading it into
+    memory at all).
     """
+
+    def __init__(
+        self,
+        source: str,
+        frame: pd.DataFrame | None = None,
+        arrays: dict[str, tuple[np.ndarray, int]] | None = None,
+        records: np.ndarray | None = None,
+        implied_targets: Sequence[str] = (),
+    ) -> None:
+        self.source, self.frame, self.arrays, self.records = source, frame, arrays, records
+        self.implied_targets = list(implied_targets)
+        if frame is not None:
+            self.columns = [str(c) for c in frame.columns]
+            frame.columns = self.columns
+            duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            if duplicated:
+                raise LinregError(f"{source}: duplicate column names {duplicated}")
+            self.n_rows = len(frame)
+        elif arrays is not None:
+            self.columns = list(arrays)
+            self.n_rows = next(iter(arrays.values()))[0].shape[0] if arrays else 0
+        else:
+            assert records is not None
+            self.columns = list(records.dtype.names)
+            self.n_rows = records.shape[0]
+
+    @property
+    def memory_mapped(self) -> bool:
+        return self.records is not None
+
+    def _dtype(self, name: str) -> np.dtype:
+        if self.frame is not None:
+            return self.frame[name].dtype
+        if self.arrays is not None:
+            return self.arrays[name][0].dtype
+        return self.records.dtype.fields[name][0]
+
+    def is_numeric(self, name: str) -> bool:
+        dtype = self._dtype(name)
+        return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+
+    def looks_numeric(self, name: str) -> bool:
+        """A text column where some cells parse as numbers is a numeric column with bad cells, not a label."""
+        if self.is_numeric(name):
+            return True
+        return self.frame is not None and bool(pd.to_numeric(self.frame[name], errors="coerce").notna().any())
+
+    def column(self, name: str) -> np.ndarray:
+        if self.frame is not None:
+            return self.frame[name].to_numpy()
+        if self.arrays is not None:
+            array, i = self.arrays[name]
+            return array[:, i]
+        return np.asarray(self.records[name])
+
+    def _check_columns(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name not in self.columns:
+                raise LinregError(f"{self.source}: no column {name!r}; columns are {self.columns}")
+            if not self.is_numeric(name):
+                where = ""
+                if self.frame is not None:
+                    series = self.frame[name]
+                    bad = (pd.to_numeric(series, errors="coerce").isna() & series.notna()).to_numpy()
+                    if bad.any():
+                        row = int(np.flatnonzero(bad)[0])
+                        where = f" (row {row + 1}: {series.iloc[row]!r})"
+                raise LinregError(f"{self.source}: column {name!r} is not numeric{where}")
+
+    def matrix(self, names: Sequence[str]) -> Tensor | RecordRows:
+        """The columns as float32 rows, refusing anything that would train to NaN: text, NaN, inf."""
+        names = list(names)
+        self._check_columns(names)
+        if self.records is not None:
+            rows = RecordRows(self.records, names)
+            for start in range(0, self.n_rows, CHUNK_ROWS):
+                _check_finite(rows[start : start + CHUNK_ROWS].numpy(), names, self.source, start)
+            return rows
+        if self.arrays is not None:
+            array, first = self.arrays[names[0]]
+            idx = [self.arrays[n][1] for n in names]
+            same = all(self.arrays[n][0] is array for n in names)
+            if same and idx == list(range(first, first + len(names))):
+                values = array[:, first : first + len(names)]  # a view when the columns are contiguous
+            else:
+                values = np.stack([self.column(n) for n in names], axis=1)
+        else:
+            values = self.frame[names].to_numpy()
+        values = np.ascontiguousarray(values, dtype=np.float32) if values.dtype != np.float32 else values
+        for start in range(0, values.shape[0], CHUNK_ROWS):
+            _check_finite(
+                values[start : start + CHUNK_ROWS],
+                names,
+                self.source,
+                start,
+                self.frame[names].iloc[start : start + CHUNK_ROWS].to_numpy(np.float64)
+                if self.frame is not None
+                else None,
+            )
+        return torch.from_numpy(np.ascontiguousarray(values))
+
+
+CHUNK_ROWS = 1 << 16
+
+
+def _check_finite(
+    values: np.ndarray, names: Sequence[str], source: str, offset: int, original: np.ndarray | None = None
+) -> None:
+    """Name the first NaN, inf or float32 overflow by column and (1-based) row."""
+    bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
+    if bad_rows.size:
+        r, c = int(bad_rows[0]), int(bad_cols[0])
+        shown = original[r, c] if original is not None else values[r, c]
+        what = "too large for float32" if original is not None and np.isfinite(shown) else str(shown)
+        raise LinregError(f"{source}: column {names[c]!r} row {offset + r + 1} is {what}")
+
+
+class RecordRows:
+    """Rows of a memory-mapped structured ``.npy`` as float32 tensors, read slice by slice on demand."""
+
+    def __init__(self, records: np.ndarray, names: Sequence[str]) -> None:
+        self.records, self.names = records, list(names)
+        self.shape = (records.shape[0], len(self.names))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> Tensor:
+        chunk = self.records[rows]
+        out = np.empty((chunk.shape[0], len(self.names)), dtype=np.float32)
+        for j, name in enumerate(self.names):
+            out[:, j] = chunk[name]
+        return torch.from_numpy(out)
+
+    def index_select(self, dim: int, index: Tensor) -> Tensor:
+        """Rows in the given order (the per-row shuffle): random reads, so slow on disk."""
+        return self[index.numpy()]
+
+
+def read_table(path: str | Path) -> Table:
+    """Open a table. Any failure to parse becomes a ``LinregError`` naming the file: a user's file is
+    input, and input never surfaces as a raw pandas or numpy traceback."""
     p = Path(path)
     if not p.is_file():
         raise LinregError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
     suffix = p.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
-        raise LinregError(f"{p}: unsupported file type {suffix or '(none)'!r}; expected .csv, .parquet or .npz")
+        raise LinregError(f"{p}: unsupported file type {suffix or '(none)'!r}; expected .csv, .parquet, .npz or .npy")
     try:
         if suffix == ".csv":
-            df = pd.read_csv(p)
+            frame = pd.read_csv(p)
         elif suffix == ".npz":
             return _read_npz(p)
+        elif suffix == ".npy":
+            return _read_npy(p)
         else:
-            df = pd.read_parquet(p)
+            frame = pd.read_parquet(p)
     except LinregError:
         raise
     except Exception as exc:  # any parser failure on user input is a user error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LinregError(f"{p}: cannot read as {suffix[1:]}: {reason}") from exc
-    df.columns = [str(c) for c in df.columns]
-    duplicated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    if duplicated:
-        raise LinregError(f"{p}: duplicate column names {duplicated}")
-    return df, (["y"] if "y" in df.columns else [])
+    return Table(str(p), frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
 
 
-def _read_npz(p: Path) -> tuple[pd.DataFrame, list[str]]:
+def _read_npz(p: Path) -> Table:
     with np.load(p, allow_pickle=False) as npz:
         if "X" not in npz.files:
             raise LinregError(f"{p}: an .npz needs an array named 'X' (n×d); found {sorted(npz.files)}")
@@ -67,49 +208,41 @@ def _read_npz(p: Path) -> tuple[pd.DataFrame, list[str]]:
     if X.ndim != 2:
         raise LinregError(f"{p}: array 'X' must be 2-D (n×d), got shape {tuple(X.shape)}")
     names = ["x"] if X.shape[1] == 1 else [f"x{i}" for i in range(X.shape[1])]
-    columns = {name: X[:, i] for i, name in enumerate(names)}
+    arrays = {name: (X, i) for i, name in enumerate(names)}
     targets: list[str] = []
     if y is not None:
         y = y.reshape(-1, 1) if y.ndim == 1 else y
         if y.ndim != 2 or y.shape[0] != X.shape[0]:
             raise LinregError(f"{p}: array 'y' must have {X.shape[0]} rows like 'X', got shape {tuple(y.shape)}")
         targets = ["y"] if y.shape[1] == 1 else [f"y{i}" for i in range(y.shape[1])]
-        columns.update({name: y[:, i] for i, name in enumerate(targets)})
-    return pd.DataFrame(columns), targets
+        arrays.update({name: (y, i) for i, name in enumerate(targets)})
+    return Table(str(p), arrays=arrays, implied_targets=targets)
 
 
-def _is_numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
-
-
-def _looks_numeric(series: pd.Series) -> bool:
-    """A text column where some cells parse as numbers is a numeric column with bad cells, not a label."""
-    return _is_numeric(series) or bool(pd.to_numeric(series, errors="coerce").notna().any())
-
-
-def to_matrix(df: pd.DataFrame, columns: Sequence[str], source: str) -> Tensor:
-    """Columns as a float32 tensor, refusing anything that would train to NaN: text, NaN, inf."""
-    for name in columns:
-        if name not in df.columns:
-            raise LinregError(f"{source}: no column {name!r}; columns are {list(df.columns)}")
-        series = df[name]
-        if not _is_numeric(series):
-            bad = pd.to_numeric(series, errors="coerce").isna() & series.notna()
-            row = int(np.flatnonzero(bad.to_numpy())[0]) + 1 if bad.any() else None
-            where = f" (row {row}: {series.iloc[row - 1]!r})" if row else ""
-            raise LinregError(f"{source}: column {name!r} is not numeric{where}")
-    values = df[list(columns)].to_numpy(dtype=np.float64)
-    bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
-    if bad_rows.size:
-        r, c = int(bad_rows[0]), int(bad_cols[0])
+def _read_npy(p: Path) -> Table:
+    records = np.load(p, mmap_mode="r", allow_pickle=False)
+    if records.dtype.names is None or records.ndim != 1:
         raise LinregError(
-            f"{source}: column {columns[c]!r} row {r + 1} is {values[r, c]} ({bad_rows.size} non-finite value(s) in all)"
+            f"{p}: an .npy table must be a 1-D structured array with one named field per column "
+            f"(got dtype {records.dtype}, shape {records.shape})"
         )
-    big = np.abs(values) > np.finfo(np.float32).max
-    if big.any():
-        r, c = (int(i[0]) for i in np.nonzero(big))
-        raise LinregError(f"{source}: column {columns[c]!r} row {r + 1} overflows float32 ({values[r, c]})")
-    return torch.from_numpy(values.astype(np.float32))
+    return Table(str(p), records=records, implied_targets=["y"] if "y" in records.dtype.names else [])
+
+
+Rows = Tensor | RecordRows
+
+
+def _mean_scale(x: Rows) -> tuple[Tensor, Tensor]:
+    """Column means and standard deviations (population), chunk by chunk in float64; 0 becomes 1."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        chunk = x[start : start + CHUNK_ROWS].double()
+        total += chunk.sum(0)
+        squares += (chunk * chunk).sum(0)
+    mean = total / x.shape[0]
+    std = (squares / x.shape[0] - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), torch.where(std > 0, std, torch.ones_like(std)).float()
 
 
 class Batches:
@@ -136,8 +269,8 @@ class Batches:
 
     def __init__(
         self,
-        x: Tensor,
-        y: Tensor | None = None,
+        x: Rows,
+        y: Rows | None = None,
         batch_size: int | None = None,
         shuffle: Shuffle = "none",
         seed: int = 0,
@@ -251,9 +384,9 @@ class LinRegData(L.LightningDataModule):
         self.standardize, self.standardize_target = standardize, standardize_target
         self._target = [target] if isinstance(target, str) else (list(target) if target else None)
         self._features = list(features) if features else None
-        self._table: pd.DataFrame | None = None
+        self._table: Table | None = None
         self._tensors: tuple[Tensor, Tensor | None] | None = None
-        self._splits: dict[str, tuple[Tensor, Tensor | None]] = {}
+        self._splits: dict[str, tuple[Rows, Rows | None]] = {}
         self.scaling: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     @classmethod
@@ -274,14 +407,14 @@ class LinRegData(L.LightningDataModule):
 
     # -- names, resolved from the table header (what the CLI links into the model) --------------
 
-    def _load(self) -> pd.DataFrame | None:
+    def _load(self) -> Table | None:
         if self.path is not None and self._table is None:
-            self._table, implied = read_table(self.path)
-            self._target = self._target or implied or None
+            self._table = read_table(self.path)
+            self._target = self._target or self._table.implied_targets or None
             if self._target is None:
                 raise LinregError(
                     f"{self.path}: no column named 'y'; name the target with --data.target "
-                    f"(columns are {list(self._table.columns)})"
+                    f"(columns are {self._table.columns})"
                 )
         return self._table
 
@@ -297,7 +430,7 @@ class LinRegData(L.LightningDataModule):
             if table is None:
                 return ["x"]
             skip = set(self.target_names) | {self.id_column}
-            self._features = [c for c in table.columns if c not in skip and _looks_numeric(table[c])]
+            self._features = [c for c in table.columns if c not in skip and table.looks_numeric(c)]
             if not self._features:
                 raise LinregError(f"{self.path}: no numeric feature columns besides the target {self.target_names}")
         overlap = sorted(set(self._features) & set(self.target_names))
@@ -315,16 +448,16 @@ class LinRegData(L.LightningDataModule):
 
     # -- tensors ---------------------------------------------------------------------------------
 
-    def _xy(self, df: pd.DataFrame, source: str, need_target: bool) -> tuple[Tensor, Tensor | None]:
-        x = to_matrix(df, self.feature_names, source)
+    def _xy(self, table: Table, need_target: bool) -> tuple[Rows, Rows | None]:
+        x = table.matrix(self.feature_names)
         if not need_target:
             return x, None
-        missing = [t for t in self.target_names if t not in df.columns]
+        missing = [t for t in self.target_names if t not in table.columns]
         if missing:
-            raise LinregError(f"{source}: no target column(s) {missing}; columns are {list(df.columns)}")
-        return x, to_matrix(df, self.target_names, source)
+            raise LinregError(f"{table.source}: no target column(s) {missing}; columns are {table.columns}")
+        return x, table.matrix(self.target_names)
 
-    def _all(self, need_target: bool) -> tuple[Tensor, Tensor | None]:
+    def _all(self, need_target: bool) -> tuple[Rows, Rows | None]:
         if self._tensors is not None:
             x, y = self._tensors
             if need_target and y is None:
@@ -333,7 +466,7 @@ class LinRegData(L.LightningDataModule):
         table = self._load()
         if table is None:
             return X_TUTORIAL.clone(), Y_TUTORIAL.clone()
-        return self._xy(table, str(self.path), need_target)
+        return self._xy(table, need_target)
 
     def _split(self) -> None:
         """Fractions take a seeded random subset; training rows keep their file order."""
@@ -342,11 +475,19 @@ class LinRegData(L.LightningDataModule):
         hp = self.hparams
         n_test = round(hp.test_fraction * n)
         n_val = round(hp.val_fraction * n)
-        for name, frac, count in (("test_fraction", hp.test_fraction, n_test), ("val_fraction", hp.val_fraction, n_val)):
+        for name, frac, count in (
+            ("test_fraction", hp.test_fraction, n_test),
+            ("val_fraction", hp.val_fraction, n_val),
+        ):
             if frac > 0 and count == 0:
                 raise LinregError(f"--data.{name} {frac} of {n} rows is no row at all: too few rows for this split")
         if n - n_test - n_val < 1:
             raise LinregError(f"{self.path}: {n} rows leave no training rows after the requested splits")
+        if (n_test or n_val) and isinstance(x, RecordRows):
+            raise LinregError(
+                f"{self.path}: a random split would read the whole .npy into memory; "
+                "give --data.val_path / --data.test_path instead of fractions"
+            )
         if n_test or n_val:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
             test_idx, val_idx = perm[:n_test].sort().values, perm[n_test : n_test + n_val].sort().values
@@ -356,21 +497,14 @@ class LinRegData(L.LightningDataModule):
             x, y = x[train_idx], y[train_idx]
         for key, path in (("val", hp.val_path), ("test", hp.test_path)):
             if path:
-                self._splits[key] = self._xy(read_table(path)[0], path, need_target=True)
-        n_batches = math.ceil(x.shape[0] / (hp.batch_size or x.shape[0]))
-        if hp.shuffle == "blocks" and n_batches > 1:
-            perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(hp.seed))
-            x, y = x[perm], y[perm]
+                self._splits[key] = self._xy(read_table(path), need_target=True)
         self._splits["train"] = (x, y)
         if hp.standardize:
-            x_mean, x_std = x.mean(0), x.std(0, unbiased=False)
-            y_mean, y_std = (y.mean(0), y.std(0, unbiased=False)) if hp.standardize_target else (None, None)
-            self.scaling = (
-                x_mean,
-                torch.where(x_std > 0, x_std, torch.ones_like(x_std)),
-                y_mean if y_mean is not None else torch.zeros(y.shape[1]),
-                torch.where(y_std > 0, y_std, torch.ones_like(y_std)) if y_std is not None else torch.ones(y.shape[1]),
+            x_mean, x_scale = _mean_scale(x)
+            y_mean, y_scale = (
+                _mean_scale(y) if hp.standardize_target else (torch.zeros(y.shape[1]), torch.ones(y.shape[1]))
             )
+            self.scaling = (x_mean, x_scale, y_mean, y_scale)
 
     def check(self, stage: str) -> None:
         """Read and validate everything ``stage`` needs, so bad input fails before any run starts."""
@@ -385,7 +519,7 @@ class LinRegData(L.LightningDataModule):
                 # Without a held-out split, validate/test evaluate on the whole table.
                 self._splits[key] = self._all(need_target=True)
 
-    def _predict_x(self) -> Tensor:
+    def _predict_x(self) -> Rows:
         if "predict" not in self._splits:
             if self._tensors is not None:
                 x = self._tensors[0]
@@ -397,22 +531,27 @@ class LinRegData(L.LightningDataModule):
                 missing = [c for c in self.feature_names if c not in table.columns]
                 extra = [c for c in table.columns if c not in allowed]
                 if missing or extra:
-                    parts = [f"missing feature column(s) {missing}" if missing else "",
-                             f"unexpected column(s) {extra} (pass an id column with --data.id_column)" if extra else ""]
-                    raise LinregError(f"{self.path}: " + "; ".join(p for p in parts if p)
-                                      + f"; the model expects features {self.feature_names}")
-                x = to_matrix(table, self.feature_names, str(self.path))
+                    parts = [
+                        f"missing feature column(s) {missing}" if missing else "",
+                        f"unexpected column(s) {extra} (pass an id column with --data.id_column)" if extra else "",
+                    ]
+                    raise LinregError(
+                        f"{self.path}: "
+                        + "; ".join(p for p in parts if p)
+                        + f"; the model expects features {self.feature_names}"
+                    )
+                x = table.matrix(self.feature_names)
             self._splits["predict"] = (x, None)
         return self._splits["predict"][0]
 
     @property
-    def predict_ids(self) -> pd.Series | None:
+    def predict_ids(self) -> np.ndarray | None:
         table = self._load()
         if table is None or self.id_column is None:
             return None
         if self.id_column not in table.columns:
-            raise LinregError(f"{self.path}: no id column {self.id_column!r}; columns are {list(table.columns)}")
-        return table[self.id_column]
+            raise LinregError(f"{self.path}: no id column {self.id_column!r}; columns are {table.columns}")
+        return table.column(self.id_column)
 
     # -- Lightning hooks -------------------------------------------------------------------------
 

@@ -222,6 +222,18 @@ class LinRegModule(L.LightningModule):
                 {"optimum/mse": self.optimum.mse, "optimum/excess_mse": self.optimum.excess},
                 step=self.global_step,
             )
+            self._log_hparams_metric()
+
+    def _log_hparams_metric(self) -> None:
+        """Give TensorBoard's hparams view the real result: val MSE, or train MSE without validation data."""
+        metrics = self.trainer.callback_metrics
+        name = "val/mse" if "val/mse" in metrics else "train/mse"
+        if name not in metrics:
+            return
+        datamodule = self.trainer.datamodule
+        params = {**(datamodule.hparams if datamodule is not None else {}), **self.hparams}
+        params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+        self.logger.log_hyperparams(params, {f"hp/{name.split('/')[0]}_mse": float(metrics[name])})
 
     # -- evaluation and prediction ------------------------------------------------------------------
 
@@ -244,5 +256,7 @@ class LinRegModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         x = batch["x"]
         if x.shape[1] != self.hparams.in_features:
-            raise LinregError(f"predict data has {x.shape[1]} feature column(s); the model expects {self.hparams.in_features}")
+            raise LinregError(
+                f"predict data has {x.shape[1]} feature column(s); the model expects {self.hparams.in_features}"
+            )
         return {"index": batch["index"], "pred": self(x)}
