@@ -23,6 +23,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from linreg.callbacks import Checkpoint, PredictionWriter
 from linreg.data import LinRegData
@@ -316,6 +317,10 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"linreg: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except SIGTERMException:
+        # Checkpoint.on_exception has saved last.ckpt; 143 is the shell's code for "terminated".
+        print("linreg: stopped by SIGTERM; resume with `linreg fit ... --ckpt_path last`", file=sys.stderr)
+        raise SystemExit(143) from None
 
 
 if __name__ == "__main__":

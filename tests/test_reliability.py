@@ -1,0 +1,214 @@
+"""Every bad input answered with one clear line, divergence stopped, interrupted fits resumable,
+resumed fits bit-identical, outputs atomic, checkpoints loaded weights-only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from linreg.errors import LinregError
+from linreg.io import atomic_write
+from tests.conftest import ROOT, SEED, last_ckpt, weights
+
+
+def error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("linreg: error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.fixture
+def table(workdir: Path) -> Path:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40)})
+    df["y"] = 3 * df["a"] - df["b"] + 1
+    df.to_csv(workdir / "t.csv", index=False)
+    return workdir / "t.csv"
+
+
+@pytest.fixture
+def trained(cli, table: Path, workdir: Path) -> Path:
+    assert cli("fit", "--data.path", str(table), "--trainer.max_epochs", "3") == 0
+    return last_ckpt(workdir)
+
+
+def test_missing_data_file_fails_before_any_log_folder(cli, workdir, capsys) -> None:
+    assert cli("fit", "--data.path", "nope.csv") == 1
+    assert "nope.csv: no such file" in error_line(capsys)
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_unreadable_data_file(cli, workdir, capsys) -> None:
+    (workdir / "bad.parquet").write_bytes(b"not parquet at all")
+    assert cli("fit", "--data.path", "bad.parquet") == 1
+    assert "bad.parquet: cannot read as parquet" in error_line(capsys)
+    assert not (workdir / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("args", [("--data.no_such_flag", "1"), ("--trainer.max_epochs", "many")])
+def test_unknown_flag_or_wrong_type_is_the_cli_error_exit_2(cli, capsys, args) -> None:
+    assert cli("fit", "--config", SEED, *args) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, shown", [("nan", "nan"), ("inf", "inf"), ("1e39", "too large for float32")])
+def test_non_finite_training_value_names_row_and_column(cli, workdir, table, capsys, bad, shown) -> None:
+    lines = table.read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[1] = bad
+    lines[3] = ",".join(cells)
+    table.write_text("\n".join(lines) + "\n")
+    assert cli("fit", "--data.path", str(table)) == 1
+    assert f"column 'b' row 3 is {shown}" in error_line(capsys)
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_non_numeric_column_is_named(cli, workdir, capsys) -> None:
+    pd.DataFrame({"a": ["1", "2", "oops", "4"], "y": [1.0, 2, 3, 4]}).to_csv(workdir / "t.csv", index=False)
+    assert cli("fit", "--data.path", "t.csv", "--data.features", "[a]") == 1
+    assert "column 'a' is not numeric (row 3: 'oops')" in error_line(capsys)
+
+
+def test_unknown_column_and_too_few_rows(cli, table, capsys) -> None:
+    assert cli("fit", "--data.path", str(table), "--data.target", "price") == 1
+    assert "no target column(s) ['price']" in error_line(capsys)
+    assert cli("fit", "--data.path", str(table), "--data.features", "[a, nope]") == 1
+    assert "no column 'nope'; columns are ['a', 'b', 'y']" in error_line(capsys)
+    assert cli("fit", "--data.path", str(table), "--data.val_fraction", "0.01") == 1
+    assert "too few rows" in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "frame, expected",
+    [
+        (pd.DataFrame({"a": [1.0]}), "missing feature column(s) ['b']"),
+        (pd.DataFrame({"a": [1.0], "b": [2.0], "c": [3.0]}), "unexpected column(s) ['c']"),
+        (pd.DataFrame({"a": [1.0, np.nan], "b": [2.0, 2.0]}), "column 'a' row 2 is nan"),
+    ],
+)
+def test_bad_predict_input_writes_nothing(cli, workdir, trained, capsys, frame, expected) -> None:
+    frame.to_csv(workdir / "new.csv", index=False)
+    assert cli("predict", "--ckpt_path", str(trained), "--data.path", "new.csv", "--output", "p.csv") == 1
+    assert expected in error_line(capsys)
+    assert not (workdir / "p.csv").exists()
+
+
+def test_checkpoint_from_another_feature_set(cli, trained, capsys) -> None:
+    assert cli("predict", "--ckpt_path", str(trained), "--data.features", "[a, c]") == 1
+    line = error_line(capsys)
+    assert "['a', 'c']" in line and "['a', 'b']" in line
+
+
+def test_model_flag_contradicting_checkpoint(cli, trained, table, capsys) -> None:
+    assert cli("predict", "--ckpt_path", str(trained), "--data.path", str(table), "--model.lr", "0.5") == 1
+    assert "--model.lr 0.5 contradicts the checkpoint" in error_line(capsys)
+
+
+def test_bad_checkpoints_are_one_line(cli, workdir, trained, capsys) -> None:
+    assert cli("predict", "--ckpt_path", "missing.ckpt") == 1
+    assert "missing.ckpt: no such file" in error_line(capsys)
+    (workdir / "text.ckpt").write_text("hello")
+    assert cli("predict", "--ckpt_path", "text.ckpt") == 1
+    assert "not a readable checkpoint" in error_line(capsys)
+    data = trained.read_bytes()
+    (workdir / "half.ckpt").write_bytes(data[: len(data) // 2])
+    assert cli("predict", "--ckpt_path", "half.ckpt") == 1
+    assert "half.ckpt: not a readable checkpoint" in error_line(capsys)
+    torch.save({"something": torch.zeros(1)}, workdir / "other.ckpt")
+    assert cli("predict", "--ckpt_path", "other.ckpt") == 1
+    assert "not a linreg checkpoint" in error_line(capsys)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_checkpoint_pickle_payload_does_not_run(cli, workdir, capsys) -> None:
+    torch.save({"state_dict": {}, "hyper_parameters": {"in_features": 1}, "evil": _Payload()}, workdir / "evil.ckpt")
+    assert cli("predict", "--ckpt_path", "evil.ckpt") == 1
+    assert "refused" in error_line(capsys)
+    assert not (workdir / "PWNED").exists()
+
+
+def test_divergence_stops_at_first_non_finite_loss(cli, workdir, capsys) -> None:
+    x = np.linspace(0, 100, 50)
+    pd.DataFrame({"x": x, "y": 2 * x + 1}).to_csv(workdir / "wide.csv", index=False)
+    assert cli("fit", "--data.path", "wide.csv", "--model.lr", "0.1", "--trainer.max_epochs", "500") == 1
+    line = error_line(capsys)
+    assert "training diverged" in line and "--data.standardize true" in line and "lower --model.lr" in line
+    epoch = int(line.split("at epoch ")[1].split(",")[0])
+    assert epoch < 100  # stopped at the first non-finite loss, not after 500 epochs
+    assert not list(workdir.glob("lightning_logs/*/checkpoints/*.ckpt"))
+
+
+def test_outputs_are_not_overwritten_without_flag(cli, workdir, trained, table, capsys) -> None:
+    (workdir / "p.csv").write_text("precious\n")
+    assert cli("predict", "--ckpt_path", str(trained), "--data.path", str(table), "--output", "p.csv") == 1
+    assert "already exists" in error_line(capsys) and (workdir / "p.csv").read_text() == "precious\n"
+    assert cli("predict", "--ckpt_path", str(trained), "--data.path", str(table), "--output", "p.csv",
+               "--overwrite", "true") == 0
+    assert len(pd.read_csv(workdir / "p.csv")) == 40
+
+
+def test_atomic_write_leaves_no_half_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+
+    def crash(path: Path) -> None:
+        path.write_text("half a fi")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, crash)
+    assert target.read_text() == "old\n" and list(tmp_path.iterdir()) == [target]
+    with pytest.raises(LinregError):
+        atomic_write(target, lambda p: p.write_text("new"), overwrite=False)
+
+
+def test_resume_shuffled_momentum_is_bit_identical(cli, workdir, table) -> None:
+    common = ("--data.path", str(table), "--data.batch_size", "8", "--data.shuffle", "blocks",
+              "--model.momentum", "0.9", "--model.lr", "0.01")
+    assert cli("fit", *common, "--trainer.max_epochs", "100") == 0
+    straight = weights(last_ckpt(workdir))
+    assert cli("fit", *common, "--trainer.max_epochs", "50") == 0
+    half = last_ckpt(workdir)
+    assert cli("fit", *common, "--trainer.max_epochs", "100", "--ckpt_path", str(half)) == 0
+    resumed = weights(last_ckpt(workdir))
+    assert torch.equal(straight[0], resumed[0]) and torch.equal(straight[1], resumed[1])
+    assert not torch.equal(weights(half)[0], resumed[0])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_resumable_checkpoint(workdir, sig) -> None:
+    linreg = [sys.executable, "-m", "linreg.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([*linreg, "fit", "--config", SEED, "--trainer.max_epochs", "1000000"], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(workdir.glob("lightning_logs/version_0/events.out.tfevents*")):
+            assert time.monotonic() < deadline and proc.poll() is None, "fit never started"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "resume with" in out
+    ckpt = last_ckpt(workdir)
+    epoch = torch.load(ckpt, weights_only=True)["epoch"]
+    done = subprocess.run([*linreg, "fit", "--config", SEED, "--trainer.max_epochs", str(epoch + 3),
+                           "--ckpt_path", "last"], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{epoch + 3} epoch(s)" in done.stdout
