@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from linreg.callbacks import Checkpoint, PredictionWriter
 from linreg.data import LinRegData
 from linreg.errors import LinregError
+from linreg.figures import FitFigures
 from linreg.io import check_output, write_json
 from linreg.module import LinRegModule
 
@@ -105,6 +106,7 @@ class LinregCLI(LightningCLI):
         for name in LINKED:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
+        parser.add_lightning_class_args(FitFigures, "figures")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
@@ -245,8 +247,11 @@ def far_from_optimum_advice(excess: float, standardized: bool) -> str:
     steps = ["--data.standardize true"] if not standardized else []
     steps += ["a larger --model.lr (or --model.momentum 0.9)", "more --trainer.max_epochs"]
     why = "" if not standardized else " (standardized already: collinear features converge slowly)"
-    return (f"warning: SGD ended {100 * excess:.3g}% above the least-squares optimum{why}; try "
-            + ", ".join(steps) + "; the closed-form coefficients are in the table above")
+    return (
+        f"warning: SGD ended {100 * excess:.3g}% above the least-squares optimum{why}; try "
+        + ", ".join(steps)
+        + "; the closed-form coefficients are in the table above"
+    )
 
 
 def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:

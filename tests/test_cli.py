@@ -98,6 +98,10 @@ def test_gpu_flag_without_gpu_is_one_clear_line(cli, workdir, capsys, accelerato
 def test_fit_and_predict_on_gpu(cli, workdir) -> None:
     assert cli("fit", "--config", SEED, "--trainer.accelerator", "gpu") == 0
     ckpt = last_ckpt(workdir)
-    assert cli("predict", "--config", SEED, "--trainer.accelerator", "gpu", "--ckpt_path", str(ckpt),
-               "--output", "gpu.csv") == 0
+    assert (
+        cli(
+            "predict", "--config", SEED, "--trainer.accelerator", "gpu", "--ckpt_path", str(ckpt), "--output", "gpu.csv"
+        )
+        == 0
+    )
     assert pd.read_csv(workdir / "gpu.csv")["y"][0] == pytest.approx(stage4_custom_module(seed=0).after, abs=1e-4)

@@ -155,8 +155,20 @@ def test_outputs_are_not_overwritten_without_flag(cli, workdir, trained, table, 
     (workdir / "p.csv").write_text("precious\n")
     assert cli("predict", "--ckpt_path", str(trained), "--data.path", str(table), "--output", "p.csv") == 1
     assert "already exists" in error_line(capsys) and (workdir / "p.csv").read_text() == "precious\n"
-    assert cli("predict", "--ckpt_path", str(trained), "--data.path", str(table), "--output", "p.csv",
-               "--overwrite", "true") == 0
+    assert (
+        cli(
+            "predict",
+            "--ckpt_path",
+            str(trained),
+            "--data.path",
+            str(table),
+            "--output",
+            "p.csv",
+            "--overwrite",
+            "true",
+        )
+        == 0
+    )
     assert len(pd.read_csv(workdir / "p.csv")) == 40
 
 
@@ -176,8 +188,18 @@ def test_atomic_write_leaves_no_half_file(tmp_path: Path) -> None:
 
 
 def test_resume_shuffled_momentum_is_bit_identical(cli, workdir, table) -> None:
-    common = ("--data.path", str(table), "--data.batch_size", "8", "--data.shuffle", "blocks",
-              "--model.momentum", "0.9", "--model.lr", "0.01")
+    common = (
+        "--data.path",
+        str(table),
+        "--data.batch_size",
+        "8",
+        "--data.shuffle",
+        "blocks",
+        "--model.momentum",
+        "0.9",
+        "--model.lr",
+        "0.01",
+    )
     assert cli("fit", *common, "--trainer.max_epochs", "100") == 0
     straight = weights(last_ckpt(workdir))
     assert cli("fit", *common, "--trainer.max_epochs", "50") == 0
@@ -192,8 +214,14 @@ def test_resume_shuffled_momentum_is_bit_identical(cli, workdir, table) -> None:
 def test_signal_saves_a_resumable_checkpoint(workdir, sig) -> None:
     linreg = [sys.executable, "-m", "linreg.cli"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([*linreg, "fit", "--config", SEED, "--trainer.max_epochs", "1000000"], cwd=workdir,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*linreg, "fit", "--config", SEED, "--trainer.max_epochs", "1000000"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(workdir.glob("lightning_logs/version_0/events.out.tfevents*")):
@@ -208,7 +236,13 @@ def test_signal_saves_a_resumable_checkpoint(workdir, sig) -> None:
     assert "resume with" in out
     ckpt = last_ckpt(workdir)
     epoch = torch.load(ckpt, weights_only=True)["epoch"]
-    done = subprocess.run([*linreg, "fit", "--config", SEED, "--trainer.max_epochs", str(epoch + 3),
-                           "--ckpt_path", "last"], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*linreg, "fit", "--config", SEED, "--trainer.max_epochs", str(epoch + 3), "--ckpt_path", "last"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{epoch + 3} epoch(s)" in done.stdout

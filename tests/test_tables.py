@@ -80,8 +80,20 @@ def test_noise_free_recovers_known_coefficients_multi_output_npz(cli, workdir) -
 def test_parquet_splits_are_seeded_and_metrics_logged_per_stage(cli, workdir) -> None:
     X, Y, _ = make_data(500, 2, noise=1.0)
     frame(X, Y, ["price"]).to_parquet(workdir / "t.parquet")
-    args = ("fit", "--data.path", "t.parquet", "--data.target", "price", "--data.val_fraction", "0.2",
-            "--data.test_fraction", "0.1", *FAST, "--trainer.max_epochs", "5")
+    args = (
+        "fit",
+        "--data.path",
+        "t.parquet",
+        "--data.target",
+        "price",
+        "--data.val_fraction",
+        "0.2",
+        "--data.test_fraction",
+        "0.1",
+        *FAST,
+        "--trainer.max_epochs",
+        "5",
+    )
     assert cli(*args) == 0 and cli(*args) == 0
     runs = sorted(workdir.glob("lightning_logs/version_*"))
     a, b = scalars(runs[0]), scalars(runs[1])
@@ -89,8 +101,20 @@ def test_parquet_splits_are_seeded_and_metrics_logged_per_stage(cli, workdir) ->
     for tag in ("train/loss", "train/mse", "train/rmse", "train/mae", "train/r2", "val/loss", "val/mse", "val/r2"):
         assert tag in a
     ckpt = last_ckpt(workdir)
-    assert cli("test", "--data.path", "t.parquet", "--data.val_fraction", "0.2", "--data.test_fraction", "0.1",
-               "--ckpt_path", str(ckpt)) == 0
+    assert (
+        cli(
+            "test",
+            "--data.path",
+            "t.parquet",
+            "--data.val_fraction",
+            "0.2",
+            "--data.test_fraction",
+            "0.1",
+            "--ckpt_path",
+            str(ckpt),
+        )
+        == 0
+    )
 
 
 def test_zero_fractions_train_on_every_row(cli, workdir) -> None:
@@ -113,8 +137,10 @@ def test_explicit_val_path(cli, workdir) -> None:
 def test_standardization_travels_in_the_checkpoint(cli, workdir) -> None:
     X, Y, W = make_data(800, 3, noise=0.0)
     frame(X, Y, ["y"]).to_csv(workdir / "t.csv", index=False)
-    assert cli("fit", "--data.path", "t.csv", *FAST, "--data.standardize_target", "true",
-               "--trainer.max_epochs", "30") == 0
+    assert (
+        cli("fit", "--data.path", "t.csv", *FAST, "--data.standardize_target", "true", "--trainer.max_epochs", "30")
+        == 0
+    )
     model = LinRegModule.load_from_checkpoint(last_ckpt(workdir))
     assert model.hparams.standardize and model.hparams.standardize_target
     assert torch.allclose(model.x_mean, torch.from_numpy(X).mean(0), rtol=1e-4)
@@ -134,8 +160,12 @@ def test_predict_on_a_table_with_only_features(cli, workdir) -> None:
     new.insert(0, "key", [f"k{i}" for i in range(9)])
     new.to_csv(workdir / "new.csv", index=False)
     ckpt = str(last_ckpt(workdir))
-    assert cli("predict", "--ckpt_path", ckpt, "--data.path", "new.csv", "--data.id_column", "key",
-               "--output", "p.parquet") == 0
+    assert (
+        cli(
+            "predict", "--ckpt_path", ckpt, "--data.path", "new.csv", "--data.id_column", "key", "--output", "p.parquet"
+        )
+        == 0
+    )
     out = pd.read_parquet(workdir / "p.parquet")
     assert list(out.columns) == ["key", "a", "b"] and list(out["key"]) == list(new["key"])
     model = LinRegModule.load_from_checkpoint(ckpt)
@@ -149,8 +179,21 @@ def test_real_table_diabetes(cli, workdir, capsys) -> None:
     datasets = pytest.importorskip("sklearn.datasets")
     df = datasets.load_diabetes(as_frame=True, scaled=False).frame
     df.to_csv(workdir / "diabetes.csv", index=False)
-    assert cli("fit", "--data.path", "diabetes.csv", "--data.target", "target", *FAST,
-               "--data.batch_size", "64", "--trainer.max_epochs", "60") == 0
+    assert (
+        cli(
+            "fit",
+            "--data.path",
+            "diabetes.csv",
+            "--data.target",
+            "target",
+            *FAST,
+            "--data.batch_size",
+            "64",
+            "--trainer.max_epochs",
+            "60",
+        )
+        == 0
+    )
     s = summary_of(workdir)
     X, y = df.drop(columns="target").to_numpy(float), df["target"].to_numpy(float)
     pred = lambda c: X @ np.array([c["coef"][f] for f in s["features"]]) + c["intercept"]  # noqa: E731

@@ -1,0 +1,86 @@
+"""DDP on CPU (gloo, two real processes) gives the numbers of one process: weights, optimum, predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import ROOT, last_ckpt, weights
+
+pytestmark = pytest.mark.slow
+DDP = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
+
+
+def linreg(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """DDP re-launches the command line, so it must run as a real process, not in pytest's."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "linreg.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def fit_both(tmp_path: Path, rows: int, *args: str) -> tuple[Path, Path]:
+    rng = np.random.default_rng(rows)
+    X = rng.normal(size=(rows, 2))
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "y": X @ [1.5, -2.0] + 0.3 + 0.1 * rng.normal(size=rows)}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    runs = []
+    for name, extra in (("one", ()), ("ddp", DDP)):
+        (tmp_path / name).mkdir()
+        linreg(tmp_path / name, "fit", "--data.path", "../t.csv", "--trainer.max_epochs", "20", *args, *extra)
+        runs.append(last_ckpt(tmp_path / name))
+    return runs[0], runs[1]
+
+
+def assert_same_fit(one: Path, ddp: Path) -> None:
+    (w1, b1), (w2, b2) = weights(one), weights(ddp)
+    diff = max((w1 - w2).abs().max().item(), (b1 - b2).abs().max().item())
+    print(f"max |Δ| one process vs DDP: {diff:.3g}")
+    assert diff <= 1e-6
+    s1, s2 = (json.loads((p.parent / "summary.json").read_text()) for p in (one, ddp))
+    assert s1["steps"] == s2["steps"]
+    assert s2["optimum"]["mse"] == pytest.approx(s1["optimum"]["mse"], rel=1e-9)  # all-reduced normal equations
+
+
+def test_ddp_even_rows_no_shuffle_equals_one_process(tmp_path: Path) -> None:
+    assert_same_fit(*fit_both(tmp_path, 8, "--data.batch_size", "4", "--data.shuffle", "none"))
+
+
+def test_ddp_uneven_rows_shuffled_counts_each_row_once(tmp_path: Path) -> None:
+    """7 rows, batches of 3: ranks split every global batch (2+1, 2+1, 1+0) and scale their summed loss, so no
+    row is padded or repeated and the DDP gradient is the one-process gradient."""
+    one, ddp = fit_both(tmp_path, 7, "--data.batch_size", "3", "--data.shuffle", "blocks")
+    assert_same_fit(one, ddp)
+    (tmp_path / "new.csv").write_text(pd.read_csv(tmp_path / "t.csv").drop(columns="y").to_csv(index=False))
+    linreg(
+        tmp_path / "ddp",
+        "predict",
+        "--ckpt_path",
+        str(ddp),
+        "--data.path",
+        "../new.csv",
+        "--data.batch_size",
+        "2",
+        "--output",
+        "p.csv",
+        *DDP,
+    )
+    got = pd.read_csv(tmp_path / "ddp" / "p.csv")
+    from linreg.module import LinRegModule
+
+    model = LinRegModule.load_from_checkpoint(ddp)
+    with torch.no_grad():
+        expected = model(torch.tensor(pd.read_csv(tmp_path / "new.csv").to_numpy(), dtype=torch.float32))
+    assert len(got) == 7 and np.allclose(got["y"].to_numpy(), expected[:, 0].numpy(), atol=1e-6)
+    assert not list((tmp_path / "ddp").glob("*.tmp")) and not list((tmp_path / "ddp").glob(".p.csv*"))
