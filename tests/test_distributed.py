@@ -84,3 +84,66 @@ def test_ddp_uneven_rows_shuffled_counts_each_row_once(tmp_path: Path) -> None:
         expected = model(torch.tensor(pd.read_csv(tmp_path / "new.csv").to_numpy(), dtype=torch.float32))
     assert len(got) == 7 and np.allclose(got["y"].to_numpy(), expected[:, 0].numpy(), atol=1e-6)
     assert not list((tmp_path / "ddp").glob("*.tmp")) and not list((tmp_path / "ddp").glob(".p.csv*"))
+
+
+RSS_SCRIPT = """
+import sys
+from linreg.cli import main
+
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+base = rss("VmRSS:")
+main(sys.argv[1:])
+print(f"RSS base={base} peak={rss('VmHWM:')}")
+"""
+
+
+def test_out_of_core_npy_keeps_memory_bounded(tmp_path: Path) -> None:
+    """A 264 MB memory-mapped .npy table trains with resident memory of about a few batches, not the file."""
+    n, d = 2_000_000, 32
+    names = [f"x{i}" for i in range(d)] + ["y"]
+    records = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=[(c, "<f4") for c in names], shape=(n,))
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=d).astype(np.float32)
+    for start in range(0, n, 250_000):
+        X = rng.normal(size=(min(250_000, n - start), d)).astype(np.float32)
+        flat = records[start : start + len(X)].view(np.float32).reshape(len(X), d + 1)
+        flat[:, :d], flat[:, d] = X, X @ w + 0.5
+    records.flush()
+    del records
+    size = (tmp_path / "big.npy").stat().st_size
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RSS_SCRIPT,
+            "fit",
+            "--data.path",
+            "big.npy",
+            "--data.batch_size",
+            "16384",
+            "--trainer.max_epochs",
+            "1",
+            "--data.standardize",
+            "true",
+            "--model.lr",
+            "0.1",
+            "--figures.enabled",
+            "false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    base, peak = (int(v.split("=")[1]) for v in done.stdout.split("RSS ")[1].split())
+    print(f"file {size / 2**20:.0f} MiB, resident growth during fit {(peak - base) / 2**20:.0f} MiB")
+    assert peak - base < size / 3
+    summary = json.loads(next(tmp_path.glob("lightning_logs/*/checkpoints/summary.json")).read_text())
+    assert summary["optimum"]["excess"] < 0.01 and summary["steps"] == 123
