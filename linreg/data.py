@@ -73,6 +73,8 @@ class Table:
 
     def is_numeric(self, name: str) -> bool:
         dtype = self._dtype(name)
+        if getattr(dtype, "kind", "") == "c":  # complex would silently lose its imaginary part
+            return False
         return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
 
     def looks_numeric(self, name: str) -> bool:
@@ -121,7 +123,7 @@ class Table:
             else:
                 values = np.stack([self.column(n) for n in names], axis=1)
         else:
-            values = self.frame[names].to_numpy()
+            values = self.frame[names].to_numpy(np.float64, na_value=np.nan)  # nullable <NA> → NaN, named below
         values = np.ascontiguousarray(values, dtype=np.float32) if values.dtype != np.float32 else values
         for start in range(0, values.shape[0], CHUNK_ROWS):
             _check_finite(
@@ -129,11 +131,12 @@ class Table:
                 names,
                 self.source,
                 start,
-                self.frame[names].iloc[start : start + CHUNK_ROWS].to_numpy(np.float64)
+                self.frame[names].iloc[start : start + CHUNK_ROWS].to_numpy(np.float64, na_value=np.nan)
                 if self.frame is not None
                 else None,
             )
-        return torch.from_numpy(np.ascontiguousarray(values))
+        values = np.ascontiguousarray(values)
+        return torch.from_numpy(values if values.flags.writeable else values.copy())
 
 
 CHUNK_ROWS = 1 << 13  # small chunks: bigger temporaries stay cached by the allocator (measured)
@@ -175,7 +178,7 @@ class RecordRows:
     def __getitem__(self, rows: slice | np.ndarray) -> Tensor:
         chunk = self.records[rows]
         if self._packed:
-            flat = np.asarray(chunk).view(np.float32).reshape(chunk.shape[0], -1)
+            flat = np.asarray(chunk).view(np.float32).reshape(chunk.shape[0], len(self.records.dtype.names))
             out = np.ascontiguousarray(flat[:, self._cols])
         else:
             out = np.empty((chunk.shape[0], len(self.names)), dtype=np.float32)

@@ -29,18 +29,18 @@ def linreg(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def fit_both(tmp_path: Path, rows: int, *args: str) -> tuple[Path, Path]:
+def fit_both(tmp_path: Path, cli, rows: int, *args: str) -> tuple[Path, Path]:
+    """The one-process fit runs in pytest's process (cheap); the DDP fit as two real processes."""
     rng = np.random.default_rng(rows)
     X = rng.normal(size=(rows, 2))
     pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "y": X @ [1.5, -2.0] + 0.3 + 0.1 * rng.normal(size=rows)}).to_csv(
         tmp_path / "t.csv", index=False
     )
-    runs = []
-    for name, extra in (("one", ()), ("ddp", DDP)):
-        (tmp_path / name).mkdir()
-        linreg(tmp_path / name, "fit", "--data.path", "../t.csv", "--trainer.max_epochs", "20", *args, *extra)
-        runs.append(last_ckpt(tmp_path / name))
-    return runs[0], runs[1]
+    common = ("fit", "--data.path", str(tmp_path / "t.csv"), "--trainer.max_epochs", "20", *args)
+    assert cli(*common) == 0  # the cli fixture works in tmp_path
+    (tmp_path / "ddp").mkdir()
+    linreg(tmp_path / "ddp", *common, *DDP)
+    return last_ckpt(tmp_path), last_ckpt(tmp_path / "ddp")
 
 
 def assert_same_fit(one: Path, ddp: Path) -> None:
@@ -53,14 +53,14 @@ def assert_same_fit(one: Path, ddp: Path) -> None:
     assert s2["optimum"]["mse"] == pytest.approx(s1["optimum"]["mse"], rel=1e-9)  # all-reduced normal equations
 
 
-def test_ddp_even_rows_no_shuffle_equals_one_process(tmp_path: Path) -> None:
-    assert_same_fit(*fit_both(tmp_path, 8, "--data.batch_size", "4", "--data.shuffle", "none"))
+def test_ddp_even_rows_no_shuffle_equals_one_process(tmp_path: Path, cli) -> None:
+    assert_same_fit(*fit_both(tmp_path, cli, 8, "--data.batch_size", "4", "--data.shuffle", "none"))
 
 
-def test_ddp_uneven_rows_shuffled_counts_each_row_once(tmp_path: Path) -> None:
+def test_ddp_uneven_rows_shuffled_counts_each_row_once(tmp_path: Path, cli) -> None:
     """7 rows, batches of 3: ranks split every global batch (2+1, 2+1, 1+0) and scale their summed loss, so no
     row is padded or repeated and the DDP gradient is the one-process gradient."""
-    one, ddp = fit_both(tmp_path, 7, "--data.batch_size", "3", "--data.shuffle", "blocks")
+    one, ddp = fit_both(tmp_path, cli, 7, "--data.batch_size", "3", "--data.shuffle", "blocks")
     assert_same_fit(one, ddp)
     (tmp_path / "new.csv").write_text(pd.read_csv(tmp_path / "t.csv").drop(columns="y").to_csv(index=False))
     linreg(
