@@ -166,6 +166,12 @@ class LinregCLI(LightningCLI):
                 f"--trainer.accelerator {accelerator}: no CUDA GPU is visible to torch "
                 f"{torch.__version__} ({build}); available here: cpu"
             )
+        for flag, off in (("accumulate_grad_batches", 1), ("gradient_clip_val", None)):
+            if cfg.trainer.get(flag) not in (off, 0):
+                raise LinregError(
+                    f"--trainer.{flag} is not supported: linreg runs its SGD updates itself "
+                    "(several per Lightning step); use a larger --data.batch_size instead"
+                )
         if self.subcommand == "predict":
             cfg.trainer.logger = False  # a predict run writes its file, not a log folder
             if cfg.get("output"):

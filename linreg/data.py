@@ -8,6 +8,7 @@ what decides speed for a model this cheap.
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 from collections.abc import Iterator, Sequence
@@ -296,6 +297,11 @@ class Batches:
     contiguous parts, one per rank, so every rank takes the same number of steps, no row is padded
     or repeated, and the module scales each rank's summed loss by world_size / rows-in-global-batch:
     DDP's gradient average is then exactly the gradient of the global batch mean.
+
+    Groups: iteration yields lists of ``group`` consecutive batches, and the module runs one SGD
+    update per batch inside one Lightning step. Lightning's own per-step work (about 0.4 ms here,
+    more than an update at batch 4096) is then paid once per group; the updates, their order and
+    the result are those of one batch per step.
     """
 
     batch_sampler = None  # Lightning inspects DataLoader-like objects for these two
@@ -310,8 +316,10 @@ class Batches:
         rank: int = 0,
         world_size: int = 1,
         with_index: bool = False,
+        group: int = 1,
     ) -> None:
         self.x, self.y = x, y
+        self.group = max(1, group)
         self.n = x.shape[0]
         self.batch_size = max(1, min(batch_size or self.n, self.n)) if self.n else 1
         self.shuffle, self.seed = shuffle, seed
@@ -327,14 +335,24 @@ class Batches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
+    @property
+    def n_batches(self) -> int:
         return math.ceil(self.n / self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_batches / self.group)
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        views = self.batches()
+        while group := list(itertools.islice(views, self.group)):
+            yield group
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        n_batches, b = len(self), self.batch_size
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """This rank's share of each batch of the epoch, in order, one dict per SGD update."""
+        n_batches, b = self.n_batches, self.batch_size
         order = range(n_batches)
         if self.shuffle == "blocks" and n_batches > 1:
             order = torch.randperm(n_batches, generator=self._generator()).tolist()
@@ -380,6 +398,8 @@ class LinRegData(L.LightningDataModule):
         shuffle: ``blocks`` (default), ``rows`` or ``none``; see ``Batches``.
         standardize: standardize features with training-split statistics kept in the checkpoint.
         standardize_target: standardize targets too (only with ``standardize``).
+        rows_per_step: consecutive batches are grouped into one Lightning step until they hold about
+            this many rows (see ``Batches``); 0 means one batch per step. Results do not change.
     """
 
     def __init__(
@@ -397,6 +417,7 @@ class LinRegData(L.LightningDataModule):
         shuffle: Shuffle = "blocks",
         standardize: bool = False,
         standardize_target: bool = False,
+        rows_per_step: int = 262_144,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -600,7 +621,11 @@ class LinRegData(L.LightningDataModule):
             return []
         x, y = self._splits[key]
         rank, world = self._rank()
-        return Batches(x, y, self.hparams.batch_size, shuffle, self.hparams.seed, rank, world, with_index)
+        hp = self.hparams
+        group = max(1, hp.rows_per_step // (hp.batch_size or x.shape[0] or 1)) if key == "train" else 1
+        if isinstance(x, RecordRows):
+            group = 1  # a group would hold its rows in memory at once; out of core, one batch at a time
+        return Batches(x, y, hp.batch_size, shuffle, hp.seed, rank, world, with_index, group)
 
     def train_dataloader(self) -> Batches | list:
         return self._batches("train", shuffle=self.hparams.shuffle)

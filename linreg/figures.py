@@ -144,7 +144,7 @@ def _training_rows(loader: Any, max_points: int) -> tuple[Tensor, Tensor] | None
     xs: list[Tensor] = []
     ys: list[Tensor] = []
     rows = 0
-    for batch in loader if loader is not None else []:
+    for batch in loader.batches() if loader is not None else []:
         xs.append(batch["x"])
         ys.append(batch["y"])
         rows += batch["x"].shape[0]

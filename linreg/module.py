@@ -72,6 +72,7 @@ class LinRegModule(L.LightningModule):
         if lr <= 0:
             raise LinregError(f"--model.lr must be positive, got {lr}")
         self.save_hyperparameters()
+        self.automatic_optimization = False  # several updates per Lightning step: see training_step
         self.model = LinearRegression(in_features, out_features)
         self.register_buffer("x_mean", torch.zeros(in_features))
         self.register_buffer("x_scale", torch.ones(in_features))
@@ -163,18 +164,31 @@ class LinRegModule(L.LightningModule):
         if count > 0:
             self.log(f"{stage}/loss", (total / count).float(), on_epoch=True)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, pred = self._loss(batch, "train")
-        if not torch.isfinite(loss):
-            raise LinregError(
-                f"training diverged: the loss became {loss.item()} at epoch {self.current_epoch}, step "
-                f"{self.global_step}; no checkpoint was written. Try --data.standardize true or a lower "
-                f"--model.lr (now {self.hparams.lr})"
-            )
-        self.train_metrics.update(pred, batch["y"])
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        """One SGD update per batch of the group, in the tutorial's order: forward, loss, backward, step.
+
+        Manual optimization lets one Lightning step run several updates (see ``Batches``); torch's
+        SGD does each update exactly as Lightning's automatic loop would.
+        """
+        optimizer = self.optimizers()
+        preds, targets = [], []
+        for view in batch:
+            loss, pred = self._loss(view, "train")
+            if not torch.isfinite(loss):
+                raise LinregError(
+                    f"training diverged: the loss became {loss.item()} at epoch {self.current_epoch}, step "
+                    f"{self.global_step}; no checkpoint was written. Try --data.standardize true or a lower "
+                    f"--model.lr (now {self.hparams.lr})"
+                )
+            self.manual_backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            preds.append(pred)
+            targets.append(view["y"])
+        # One metric update per group: the same rows and predictions, a fraction of the calls.
+        self.train_metrics.update(torch.cat(preds), torch.cat(targets))
         if self.hparams.log_step_loss:
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        return loss
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_loss("train")
@@ -210,8 +224,8 @@ class LinRegModule(L.LightningModule):
         eq = NormalEquations(hp.in_features, hp.out_features, device=self.device)
         loader = self.trainer.train_dataloader
         with torch.no_grad():
-            for batch in loader if loader is not None else []:
-                x, y = batch["x"].to(self.device), batch["y"].to(self.device)
+            for view in loader.batches() if loader is not None else []:
+                x, y = view["x"].to(self.device), view["y"].to(self.device)
                 eq.update(x, y, self(x))
         if self.trainer.world_size > 1:
             for t in eq.tensors():
@@ -237,26 +251,29 @@ class LinRegModule(L.LightningModule):
 
     # -- evaluation and prediction ------------------------------------------------------------------
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, pred = self._loss(batch, "val")
-        self.val_metrics.update(pred, batch["y"])
+    def _evaluate(self, batch: list[dict[str, Any]], stage: str, metrics: MetricCollection) -> None:
+        for view in batch:
+            _, pred = self._loss(view, stage)
+            metrics.update(pred, view["y"])
+
+    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_loss("val")
         self._log_metrics(self.val_metrics)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, pred = self._loss(batch, "test")
-        self.test_metrics.update(pred, batch["y"])
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_loss("test")
         self._log_metrics(self.test_metrics)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        x = batch["x"]
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> dict[str, Tensor]:
+        x = torch.cat([view["x"] for view in batch])
         if x.shape[1] != self.hparams.in_features:
             raise LinregError(
                 f"predict data has {x.shape[1]} feature column(s); the model expects {self.hparams.in_features}"
             )
-        return {"index": batch["index"], "pred": self(x)}
+        return {"index": torch.cat([view["index"] for view in batch]), "pred": self(x)}
