@@ -204,10 +204,10 @@ class LinregCLI(LightningCLI):
             print_fit_summary(self.model, self.trainer)
 
     def after_validate(self) -> None:
-        print_metrics(self.trainer.callback_metrics, "val/")
+        print_metrics(self.model.latest, "val/")
 
     def after_test(self) -> None:
-        print_metrics(self.trainer.callback_metrics, "test/")
+        print_metrics(self.model.latest, "test/")
 
 
 def print_metrics(metrics: dict[str, Any], prefix: str) -> None:
@@ -231,7 +231,7 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             if opt is None
             else {"coef": dict(zip(features, opt.coef[j].tolist())), "intercept": float(opt.intercept[j])},
         }
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = dict(model.latest)
     summary = {
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,

@@ -145,6 +145,8 @@ def write_npz(path: Path, x: Tensor, y: Tensor) -> Path:
 def _as_xy(batch: Any) -> tuple[Tensor, Tensor]:
     """(x, y) from a tuple, one linreg batch dict, or a linreg group (a list of them)."""
     if isinstance(batch, list) and batch and isinstance(batch[0], dict):
+        if len(batch) == 1:  # no copy: a one-batch group is the batch itself
+            return batch[0]["x"], batch[0]["y"]
         return torch.cat([b["x"] for b in batch]), torch.cat([b["y"] for b in batch])
     return (batch["x"], batch["y"]) if isinstance(batch, dict) else (batch[0], batch[1])
 
