@@ -285,10 +285,7 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             f"  optimum mse {opt['mse']:.6g}; SGD mse {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)"
         )
         if opt["excess"] > 0.01:
-            lines.append(
-                "  warning: SGD ended far from the least-squares optimum; try --data.standardize true, "
-                "a larger --model.lr or more --trainer.max_epochs"
-            )
+            lines.append("  " + far_from_optimum_advice(opt["excess"], model.hparams.standardize))
     if s["checkpoint"]:
         path = write_json(Path(s["checkpoint"]).parent / "summary.json", s)
         lines.append(f"  checkpoint: {s['checkpoint']}")

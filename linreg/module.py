@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
@@ -261,7 +262,8 @@ class LinRegModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         params = {**(datamodule.hparams if datamodule is not None else {}), **self.hparams}
         params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        self.logger.log_hyperparams(params, {f"hp/{name.split('/')[0]}_mse": float(metrics[name])})
+        if isinstance(self.logger, TensorBoardLogger):  # other loggers take no metrics with hparams
+            self.logger.log_hyperparams(params, {f"hp/{name.split('/')[0]}_mse": float(metrics[name])})
 
     # -- evaluation and prediction ------------------------------------------------------------------
 
