@@ -136,7 +136,7 @@ class LinregCLI(LightningCLI):
         if not cfg.get("ckpt_path"):
             return
         if cfg.ckpt_path == "last":
-            cfg.ckpt_path = str(find_last_checkpoint(cfg.trainer.get("default_root_dir") or "."))
+            cfg.ckpt_path = str(find_last_checkpoint("."))  # the default logger writes ./lightning_logs
         hp = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]
         defaults = self._subcommand_parsers[sub].get_defaults()
         for data_key, model_key in DATA_FROM_CHECKPOINT:
