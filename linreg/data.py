@@ -61,10 +61,6 @@ class Table:
             self.columns = list(records.dtype.names)
             self.n_rows = records.shape[0]
 
-    @property
-    def memory_mapped(self) -> bool:
-        return self.records is not None
-
     def _dtype(self, name: str) -> np.dtype:
         if self.frame is not None:
             return self.frame[name].dtype
@@ -610,7 +606,7 @@ class LinRegData(L.LightningDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        self.check({"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage])
+        self.check(stage)
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
