@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,10 @@ class Checkpoint(ModelCheckpoint):
 
     - ``last.ckpt`` at the end of fit, and every ``every_n_epochs`` epochs if asked: a checkpoint
       after every tiny epoch costs more than the epoch itself.
-    - On Ctrl-C or SIGTERM, ``last.ckpt`` is saved so ``linreg fit --ckpt_path last`` resumes.
+    - Ctrl-C or SIGTERM stops the fit after the current step, at a clean point, and saves
+      ``last.ckpt``; ``linreg fit --ckpt_path last`` then continues exactly where it stopped (the
+      data loader resumes mid-epoch, see ``Batches``). A second Ctrl-C aborts at once, unsaved: a
+      checkpoint taken in the middle of an update could not resume exactly.
     - Never a checkpoint with non-finite weights.
 
     Args:
@@ -36,6 +42,9 @@ class Checkpoint(ModelCheckpoint):
 
     def __init__(self, every_n_epochs: int = 0) -> None:
         super().__init__(save_last=True, every_n_epochs=every_n_epochs, save_top_k=-1 if every_n_epochs else 1)
+        self.stopped_by: str | None = None
+        self._trainer: L.Trainer | None = None
+        self._previous_sigint: Any = None
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if not _finite(trainer.lightning_module):
@@ -43,17 +52,59 @@ class Checkpoint(ModelCheckpoint):
             return
         super()._save_checkpoint(trainer, filepath)
 
+    # -- stopping on a signal ----------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Ctrl-C asks for a stop, as SIGTERM does (Lightning's handler), instead of raising mid-update."""
+        self.stopped_by, self._trainer = None, trainer
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.stopped_by or self._trainer is None:
+            raise KeyboardInterrupt
+        self.stopped_by = "Ctrl-C"
+        self._trainer._signal_connector.received_sigterm = True
+        print(
+            "linreg: Ctrl-C: stopping after this step and saving last.ckpt (Ctrl-C again aborts without saving)",
+            file=sys.stderr,
+        )
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Stop after this step when asked. Lightning itself waits for the epoch's end in one process
+        (and stops DDP at the next step); the last step of an epoch is left to it, so that epoch's
+        metrics are logged."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if (
+            trainer.received_sigterm
+            and trainer.world_size == 1
+            and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
+            raise SIGTERMException
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and not trainer.sanity_checking:
+        self._restore_sigint()
+        if isinstance(exception, SIGTERMException):
+            self.stopped_by = self.stopped_by or "SIGTERM"
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            rank_zero_info(
-                f"linreg: interrupted at epoch {trainer.current_epoch}; saved {self.last_model_path}; "
-                "resume with `linreg fit ... --ckpt_path last`"
-            )
+        elif isinstance(exception, KeyboardInterrupt) and self.stopped_by:
+            rank_zero_warn("linreg: aborted by a second Ctrl-C in the middle of a step; no checkpoint saved")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+        self._trainer = None
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from linreg.callbacks import Checkpoint, PredictionWriter
 from linreg.data import LinRegData
@@ -72,11 +72,16 @@ def find_last_checkpoint(root: str | Path) -> Path:
     return candidates[-1]
 
 
+def _show(value: Any) -> str:
+    """A value as the user would type it on the command line."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 class _SaveFitConfig(SaveConfigCallback):
-    """Save config.yaml for fit only: a predict run should not leave a log folder behind."""
+    """Save config.yaml beside the logs of a fit: not for predict (no log folder), nor without a logger."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit":
+        if stage == "fit" and trainer.logger is not None:
             super().setup(trainer, pl_module, stage)
 
 
@@ -107,8 +112,6 @@ class LinregCLI(LightningCLI):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.add_lightning_class_args(FitFigures, "figures")
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -121,6 +124,11 @@ class LinregCLI(LightningCLI):
             )
             parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output")
         return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Also keep what was given (flags and config files, no defaults), to tell a flag from a default."""
+        super().parse_arguments(parser, args)
+        self._given = parser.parse_args(args, defaults=False) if not isinstance(args, (dict, Namespace)) else None
 
     def _parse_ckpt_path(self) -> None:
         """Check the checkpoint and take its settings, instead of Lightning's silent merge."""
@@ -138,33 +146,35 @@ class LinregCLI(LightningCLI):
         if cfg.ckpt_path == "last":
             cfg.ckpt_path = str(find_last_checkpoint("."))  # the default logger writes ./lightning_logs
         hp = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]
-        defaults = self._subcommand_parsers[sub].get_defaults()
+        given = self._given[sub] if self._given is not None else None
         for data_key, model_key in DATA_FROM_CHECKPOINT:
-            self._take(cfg, defaults, f"data.{data_key}", hp.get(model_key), cfg.ckpt_path)
+            self._take(cfg, given, f"data.{data_key}", hp.get(model_key), cfg.ckpt_path)
         for key in MODEL_FROM_CHECKPOINT:
-            self._take(cfg, defaults, f"model.{key}", hp.get(key), cfg.ckpt_path)
+            self._take(cfg, given, f"model.{key}", hp.get(key), cfg.ckpt_path)
 
     @staticmethod
-    def _take(cfg: Namespace, defaults: Namespace, key: str, saved: Any, ckpt_path: str) -> None:
+    def _take(cfg: Namespace, given: Namespace | None, key: str, saved: Any, ckpt_path: str) -> None:
+        """Use the checkpoint's value; a value the user gave (flag or config file) must agree with it."""
         if saved is None:
             return
-        given, default = cfg.get(key), defaults.get(key)
-        same = given == saved or (isinstance(saved, list) and isinstance(given, str) and [given] == saved)
-        if given != default and not same:
-            raise LinregError(
-                f"--{key} {given!r} contradicts the checkpoint {ckpt_path}, which was trained "
-                f"with {saved!r}; drop the flag or train a new model"
-            )
+        if given is not None and key in given:
+            value = given[key]
+            same = value == saved or (isinstance(saved, list) and isinstance(value, str) and [value] == saved)
+            if not same:
+                raise LinregError(
+                    f"--{key} {_show(value)} contradicts the checkpoint {ckpt_path}, which was trained "
+                    f"with {_show(saved)}; drop the flag or train a new model"
+                )
         cfg[key] = saved
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
-        accelerator = cfg.trainer.get("accelerator")
-        if isinstance(accelerator, str) and accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        check_accelerator(cfg.trainer.get("accelerator"))
+        strategy = cfg.trainer.get("strategy")
+        if isinstance(strategy, str) and strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
             raise LinregError(
-                f"--trainer.accelerator {accelerator}: no CUDA GPU is visible to torch "
-                f"{torch.__version__} ({build}); available here: cpu"
+                f"--trainer.strategy {strategy} is not supported: it trains in child processes whose results "
+                "(the closed form, the summary) never come back; use --trainer.strategy ddp, or torchrun"
             )
         for flag, off in (("accumulate_grad_batches", 1), ("gradient_clip_val", None)):
             if cfg.trainer.get(flag) not in (off, 0):
@@ -176,6 +186,11 @@ class LinregCLI(LightningCLI):
             cfg.trainer.logger = False  # a predict run writes its file, not a log folder
             if cfg.get("output"):
                 check_output(cfg.output, cfg.overwrite)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        if config.get("enable_checkpointing") is False:  # the user's choice: no checkpoint at all
+            callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def after_instantiate_classes(self) -> None:
         """Read and check all the data this subcommand needs, before the trainer creates anything."""
@@ -199,6 +214,21 @@ class LinregCLI(LightningCLI):
         if not self.config["predict"].get("output"):
             print("linreg: no --output given; predictions were computed but not written")
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            ckpt = self.trainer.checkpoint_callback
+            by = getattr(ckpt, "stopped_by", None) or "SIGTERM"
+            if self.trainer.is_global_zero:
+                saved = f"saved {ckpt.last_model_path}" if ckpt and ckpt.last_model_path else "nothing saved"
+                print(
+                    f"linreg: stopped by {by} at epoch {self.trainer.current_epoch}, step {self.trainer.global_step}; "
+                    f"{saved}; resume with `linreg fit ... --ckpt_path last`",
+                    file=sys.stderr,
+                )
+            raise SystemExit(130 if by == "Ctrl-C" else 143) from None
+
     def after_fit(self) -> None:
         if self.trainer.is_global_zero and not self.trainer.interrupted:
             print_fit_summary(self.model, self.trainer)
@@ -208,6 +238,23 @@ class LinregCLI(LightningCLI):
 
     def after_test(self) -> None:
         print_metrics(self.model.latest, "test/")
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """Refuse an accelerator this machine lacks in one line, before Lightning's traceback would."""
+    if not isinstance(accelerator, str) or accelerator in ("cpu", "auto"):
+        return
+    present = {"cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available()}
+    present |= {"gpu": present["cuda"] or present["mps"], "tpu": XLAAccelerator.is_available()}
+    if present.get(accelerator, True):  # an unknown name is Lightning's to reject
+        return
+    available = ", ".join(["cpu"] + [name for name in ("cuda", "mps", "tpu") if present[name]])
+    if accelerator in ("gpu", "cuda"):
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        why = f"no CUDA GPU is visible to torch {torch.__version__} ({build})"
+    else:
+        why = {"mps": "no Apple MPS device here", "tpu": "no TPU here (torch_xla)"}[accelerator]
+    raise LinregError(f"--trainer.accelerator {accelerator}: {why}; available here: {available}")
 
 
 def print_metrics(metrics: dict[str, Any], prefix: str) -> None:
@@ -320,15 +367,13 @@ def main(args: list[str] | None = None) -> None:
     _quiet_lightning()
     try:
         LinregCLI(args=args)
-    except LinregError as exc:
+    except (LinregError, MisconfigurationException) as exc:
+        # MisconfigurationException: a Trainer setting Lightning rejects; its message says which.
         if os.environ.get("LINREG_DEBUG"):
             raise
-        print(f"linreg: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())
+        print(f"linreg: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
-    except SIGTERMException:
-        # Checkpoint.on_exception has saved last.ckpt; 143 is the shell's code for "terminated".
-        print("linreg: stopped by SIGTERM; resume with `linreg fit ... --ckpt_path last`", file=sys.stderr)
-        raise SystemExit(143) from None
 
 
 if __name__ == "__main__":

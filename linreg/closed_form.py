@@ -22,12 +22,16 @@ class Optimum:
     mse: float  # optimum training MSE, averaged over targets
     sgd_mse: float  # the SGD model's training MSE, averaged over targets
     target_var: float  # mean over targets of the training-target variance
+    target_ms: float  # mean over targets of the training-target mean square
 
     @property
     def excess(self) -> float:
-        """SGD's MSE above the optimum, relative to the optimum (or to the target variance when the fit is exact)."""
-        scale = self.mse if self.mse > 1e-9 * max(self.target_var, 1e-30) else max(self.target_var, 1e-30)
-        return max(self.sgd_mse - self.mse, 0.0) / scale
+        """SGD's MSE above the optimum, relative to the optimum; when the fit is exact, relative to the
+        target's variance, or to its mean square when the target is constant."""
+        for scale in (self.mse, self.target_var, self.target_ms):
+            if scale > 1e-9 * max(self.target_var, self.target_ms, 1e-30):
+                return max(self.sgd_mse - self.mse, 0.0) / scale
+        return 0.0 if self.sgd_mse <= self.mse else float("inf")
 
 
 class NormalEquations:
@@ -70,4 +74,5 @@ class NormalEquations:
             mse=float((sse / n.cpu()).mean()),
             sgd_mse=float((self.sgd_sse.cpu() / n.cpu()).mean()),
             target_var=float(var.mean()),
+            target_ms=float((yty / n.cpu()).mean()),
         )

@@ -223,6 +223,8 @@ def read_table(path: str | Path) -> Table:
     except Exception as exc:  # any parser failure on user input is a user error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LinregError(f"{p}: cannot read as {suffix[1:]}: {reason}") from exc
+    if len(frame) == 0:
+        raise LinregError(f"{p}: no data rows (columns {list(map(str, frame.columns))}, but no rows under them)")
     return Table(str(p), frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
 
 
@@ -288,6 +290,9 @@ class Batches:
 
     Lightning calls ``sampler.set_epoch(epoch)`` on every train loader each epoch, so the order
     depends only on (seed, epoch) and a resumed fit sees exactly the batches of a straight one.
+    A fit stopped mid-epoch (Ctrl-C, SIGTERM) resumes mid-epoch: Lightning saves ``state_dict()``
+    (the epoch and the groups handed out) in the checkpoint and, on resume, ``load_state_dict``
+    makes that epoch skip the groups already trained on.
 
     Distributed: each global batch (what one process would take) is split into ``world_size``
     contiguous parts, one per rank, so every rank takes the same number of steps, no row is padded
@@ -322,6 +327,8 @@ class Batches:
         self.rank, self.world_size = rank, world_size
         self.with_index = with_index
         self.epoch = 0
+        self.served = 0  # groups handed out in this epoch
+        self._resume: dict[str, int] | None = None
 
     @property
     def sampler(self) -> Batches:
@@ -329,7 +336,7 @@ class Batches:
         return self
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.served = epoch, 0
 
     @property
     def n_batches(self) -> int:
@@ -338,22 +345,39 @@ class Batches:
     def __len__(self) -> int:
         return math.ceil(self.n_batches / self.group)
 
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "served": self.served, "group": self.group, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if (state["group"], state["batch_size"]) != (self.group, self.batch_size):
+            raise LinregError(
+                f"this checkpoint stopped mid-epoch with batches of {state['batch_size']} rows, "
+                f"{state['group']} per step; resume it with the same --data.batch_size and --data.rows_per_step"
+            )
+        self._resume = dict(state)
+
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        views = self.batches()
+        skip, self._resume = self._resume, None
+        self.served = skip["served"] if skip is not None and skip["epoch"] == self.epoch else 0
+        views = self.batches(skip=self.served * self.group)
         while group := list(itertools.islice(views, self.group)):
+            self.served += 1
             yield group
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
-    def batches(self) -> Iterator[dict[str, Any]]:
-        """This rank's share of each batch of the epoch, in order, one dict per SGD update."""
+    def batches(self, skip: int = 0) -> Iterator[dict[str, Any]]:
+        """This rank's share of each batch of the epoch, in order, one dict per SGD update.
+
+        ``skip`` leaves out the epoch's first batches (already trained on before a resume).
+        """
         n_batches, b = self.n_batches, self.batch_size
         order = range(n_batches)
         if self.shuffle == "blocks" and n_batches > 1:
             order = torch.randperm(n_batches, generator=self._generator()).tolist()
         perm = torch.randperm(self.n, generator=self._generator()) if self.shuffle == "rows" else None
-        for block in order:
+        for block in order[skip:]:
             start, stop = block * b, min((block + 1) * b, self.n)
             per_rank = math.ceil((stop - start) / self.world_size)
             lo = min(start + self.rank * per_rank, stop)
@@ -371,6 +395,12 @@ class Batches:
             if self.with_index:
                 batch["index"] = idx if idx is not None else torch.arange(lo, hi)
             yield batch
+
+
+def _counts_steps(trainer: L.Trainer) -> bool:
+    """Whether a trainer limit counts training steps (which are groups of updates, see ``Batches``)."""
+    limit, interval = trainer.limit_train_batches, trainer.val_check_interval
+    return trainer.max_steps != -1 or limit not in (None, 1.0) or (isinstance(interval, int) and interval != 1)
 
 
 class LinRegData(L.LightningDataModule):
@@ -621,6 +651,8 @@ class LinRegData(L.LightningDataModule):
         group = max(1, hp.rows_per_step // (hp.batch_size or x.shape[0] or 1)) if key == "train" else 1
         if isinstance(x, RecordRows):
             group = 1  # a group would hold its rows in memory at once; out of core, one batch at a time
+        if self.trainer is not None and _counts_steps(self.trainer):
+            group = 1  # the user counts SGD updates: one per Lightning step, so Lightning counts them too
         return Batches(x, y, hp.batch_size, shuffle, hp.seed, rank, world, with_index, group)
 
     def train_dataloader(self) -> Batches | list:

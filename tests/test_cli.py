@@ -84,14 +84,60 @@ def test_optimizer_flags_cannot_replace_sgd(cli, capsys) -> None:
     assert "optimizer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
-def test_gpu_flag_without_gpu_is_one_clear_line(cli, workdir, capsys, accelerator) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+@pytest.mark.parametrize(
+    "accelerator, present",
+    [
+        ("gpu", torch.cuda.is_available() or torch.backends.mps.is_available()),
+        ("cuda", torch.cuda.is_available()),
+        ("mps", torch.backends.mps.is_available()),
+        ("tpu", False),
+    ],
+)
+def test_missing_accelerator_is_one_clear_line(cli, workdir, capsys, accelerator, present) -> None:
+    if present:
+        pytest.skip(f"this machine has a {accelerator}")
     assert cli("fit", "--config", SEED, "--trainer.accelerator", accelerator) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no CUDA GPU" in err[0] and "available here: cpu" in err[0]
+    assert len(err) == 1 and f"--trainer.accelerator {accelerator}: no " in err[0]
+    assert "available here: cpu" in err[0]
     assert not (workdir / "lightning_logs").exists()
+
+
+def test_trainer_switches_work_or_are_refused_in_one_line(cli, workdir, capsys) -> None:
+    """Lightning settings a user may reach for: each works, or one line says why not."""
+    assert cli("fit", "--config", SEED, "--trainer.logger", "false") == 0
+    assert not (workdir / "lightning_logs").exists() and not (workdir / "config.yaml").exists()
+    assert (workdir / "checkpoints" / "last.ckpt").is_file()  # no logger: Lightning's default_root_dir
+    capsys.readouterr()
+    assert cli("fit", "--config", SEED, "--trainer.enable_checkpointing", "false") == 0
+    assert not list(workdir.glob("lightning_logs/*/checkpoints/*.ckpt"))
+    assert "checkpoint:" not in capsys.readouterr().out
+    assert cli("fit", "--config", SEED, "--trainer.strategy", "ddp_spawn") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use --trainer.strategy ddp" in err[0]
+    assert cli("fit", "--config", SEED, "--trainer.devices", "0") == 1  # Lightning's own refusal, one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("linreg: error:") and "devices" in err[0]
+
+
+@pytest.mark.parametrize("limit", [("--trainer.max_steps", "7"), ("--trainer.limit_train_batches", "3")])
+def test_step_limits_count_sgd_updates(cli, workdir, limit) -> None:
+    """max_steps and limit_train_batches mean SGD updates, although linreg groups updates per step."""
+    common = ("--config", SEED, "--data.batch_size", "1", "--data.rows_per_step", "4", "--trainer.max_epochs", "5")
+    assert cli("fit", *common, *limit) == 0
+    ckpt = torch.load(last_ckpt(workdir), weights_only=True)
+    assert ckpt["global_step"] == (7 if limit[0] == "--trainer.max_steps" else 3 * 5)
+
+
+def test_early_stopping_can_monitor_any_validation_metric(cli, workdir, tmp_path) -> None:
+    rows = pd.DataFrame({"x": range(40)}).assign(y=lambda d: 2.0 * d["x"] + 1)
+    rows.to_csv(tmp_path / "line.csv", index=False)
+    stop = ("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/r2")
+    stop += ("--trainer.callbacks.mode", "max", "--trainer.callbacks.stopping_threshold", "0.99")
+    data = ("--data.path", "line.csv", "--data.val_fraction", "0.25", "--data.standardize", "true")
+    assert cli("fit", *data, "--model.lr", "0.1", "--trainer.max_epochs", "500", *stop) == 0
+    ckpt = torch.load(last_ckpt(workdir), weights_only=True)
+    assert ckpt["epoch"] < 500  # stopped by val/r2, which goes to the logger directly too
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -17,7 +17,7 @@ import torch
 
 from linreg.errors import LinregError
 from linreg.io import atomic_write
-from tests.conftest import ROOT, SEED, last_ckpt, weights
+from tests.conftest import ROOT, SEED, last_ckpt, scalars, weights
 
 
 def error_line(capsys) -> str:
@@ -102,15 +102,39 @@ def test_bad_predict_input_writes_nothing(cli, workdir, trained, capsys, frame, 
     assert not (workdir / "p.csv").exists()
 
 
-def test_checkpoint_from_another_feature_set(cli, trained, capsys) -> None:
+def test_checkpoint_from_another_feature_set(cli, workdir, trained, capsys) -> None:
+    # A table with other columns than the model was trained on: both sets named.
+    pd.DataFrame({"a": [1.0], "c": [2.0]}).to_csv(workdir / "other.csv", index=False)
+    assert cli("predict", "--ckpt_path", str(trained), "--data.path", "other.csv", "--output", "p.csv") == 1
+    line = error_line(capsys)
+    assert "missing feature column(s) ['b']" in line and "unexpected column(s) ['c']" in line
+    assert "the model expects features ['a', 'b']" in line and not (workdir / "p.csv").exists()
+    # Asking for other features by flag.
     assert cli("predict", "--ckpt_path", str(trained), "--data.features", "[a, c]") == 1
     line = error_line(capsys)
     assert "['a', 'c']" in line and "['a', 'b']" in line
 
 
-def test_model_flag_contradicting_checkpoint(cli, trained, table, capsys) -> None:
-    assert cli("predict", "--ckpt_path", str(trained), "--data.path", str(table), "--model.lr", "0.5") == 1
+def test_model_flag_contradicting_checkpoint(cli, workdir, table, capsys) -> None:
+    """Every value the user gives must agree with the checkpoint, even one equal to the default."""
+    fit = ("fit", "--data.path", str(table), "--trainer.max_epochs", "2")
+    assert cli(*fit, "--model.lr", "0.1", "--data.standardize", "true") == 0
+    ckpt = str(last_ckpt(workdir))
+    predict = ("predict", "--ckpt_path", ckpt, "--data.path", str(table))
+    assert cli(*predict, "--model.lr", "0.5") == 1
     assert "--model.lr 0.5 contradicts the checkpoint" in error_line(capsys)
+    assert cli(*predict, "--model.lr", "0.01") == 1  # 0.01 is the default: still not what was trained
+    line = error_line(capsys)
+    assert "--model.lr 0.01 contradicts the checkpoint" in line and "trained with 0.1;" in line
+    assert cli(*predict, "--data.standardize", "false") == 1
+    assert "--data.standardize false contradicts the checkpoint" in error_line(capsys)
+    (workdir / "c.yaml").write_text("model:\n  momentum: 0.9\n")  # a config file is given too
+    assert cli(*predict, "--config", "c.yaml") == 1
+    assert "--model.momentum 0.9 contradicts the checkpoint" in error_line(capsys)
+    # Values that agree, and no values at all, are fine: the checkpoint's settings are used.
+    assert cli(*predict, "--model.lr", "0.1", "--data.standardize", "true", "--output", "a.csv") == 0
+    assert cli(*predict, "--output", "b.csv") == 0
+    assert pd.read_csv(workdir / "a.csv").equals(pd.read_csv(workdir / "b.csv"))
 
 
 def test_bad_checkpoints_are_one_line(cli, workdir, trained, capsys) -> None:
@@ -239,3 +263,30 @@ def test_signal_saves_a_resumable_checkpoint(cli, workdir, capsys, sig) -> None:
     # The resume itself runs in process: it is an ordinary fit from a checkpoint.
     assert cli("fit", "--config", SEED, "--trainer.max_epochs", str(epoch + 3), "--ckpt_path", "last") == 0
     assert f"{epoch + 3} epoch(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_stop_mid_epoch_then_resume_is_bit_identical(cli, workdir, table, capsys, sig, code) -> None:
+    """A real signal in the middle of an epoch: the fit stops after that step, saves, and the resumed
+    fit finishes the same epoch with the same batches: weights and every logged epoch loss equal."""
+    common = (
+        *("--data.path", str(table), "--data.val_fraction", "0.2", "--data.batch_size", "4"),
+        *("--data.rows_per_step", "8", "--data.shuffle", "rows", "--model.momentum", "0.9"),
+        *("--trainer.max_epochs", "3"),
+    )  # 32 training rows: 8 updates an epoch, in 4 steps of 2
+    assert cli("fit", *common) == 0
+    straight = last_ckpt(workdir)
+    signal_at = ("--trainer.callbacks+=tests.signals.SignalAt", "--trainer.callbacks.step", "9")
+    assert cli("fit", *common, *signal_at, "--trainer.callbacks.signal", sig) == code
+    err = capsys.readouterr().err
+    assert f"stopped by {'Ctrl-C' if sig == 'SIGINT' else 'SIGTERM'} at epoch 1, step 12" in err
+    stopped = last_ckpt(workdir)
+    assert torch.load(stopped, weights_only=True)["global_step"] == 12  # mid-epoch: 8 < 12 < 16
+    assert cli("fit", *common, "--ckpt_path", "last") == 0
+    resumed = last_ckpt(workdir)
+    assert all(torch.equal(a, b) for a, b in zip(weights(straight), weights(resumed), strict=True))
+    one, two = scalars(straight.parents[1]), scalars(resumed.parents[1])
+    for tag in ("train/loss", "train/r2", "val/loss"):
+        assert one[tag][1:] == two[tag], tag  # epoch 1 (logged after the resume) and 2, equal
+    assert cli("fit", *common, "--data.batch_size", "8", "--ckpt_path", str(stopped)) == 1
+    assert "resume it with the same --data.batch_size" in error_line(capsys)

@@ -202,3 +202,21 @@ def test_real_table_diabetes(cli, workdir, capsys) -> None:
     assert r2_cf == pytest.approx(0.5177, abs=1e-3)  # the known OLS R² of this table
     # Collinear blood-serum columns make this table ill-conditioned: SGD closes in slowly (see the note).
     assert 0 <= r2_cf - r2_sgd < 0.03
+
+
+def test_header_only_table_says_no_rows(cli, workdir, capsys) -> None:
+    (workdir / "empty.csv").write_text("a,y\n")
+    assert cli("fit", "--data.path", "empty.csv") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["linreg: error: empty.csv: no data rows (columns ['a', 'y'], but no rows under them)"]
+
+
+def test_constant_target_reports_a_sensible_excess(cli, workdir, capsys) -> None:
+    """y = 5 everywhere: the optimum is exact and the target has no variance, so the excess is
+    measured against the target's mean square (a finite percentage, not 1e32 %)."""
+    pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "y": 5.0}).to_csv(workdir / "flat.csv", index=False)
+    assert cli("fit", "--data.path", "flat.csv", "--trainer.max_epochs", "5") == 0
+    summary = json.loads((last_ckpt(workdir).parent / "summary.json").read_text())
+    opt = summary["optimum"]
+    assert opt["mse"] == pytest.approx(0.0, abs=1e-12)
+    assert opt["excess"] == pytest.approx(opt["sgd_mse"] / 25.0, rel=1e-9)
