@@ -30,11 +30,19 @@ class Checkpoint(ModelCheckpoint):
 
     - ``last.ckpt`` at the end of fit, and every ``every_n_epochs`` epochs if asked: a checkpoint
       after every tiny epoch costs more than the epoch itself.
-    - Ctrl-C or SIGTERM stops the fit after the current step, at a clean point, and saves
-      ``last.ckpt``; ``linreg fit --ckpt_path last`` then continues exactly where it stopped (the
-      data loader resumes mid-epoch, see ``Batches``). A second Ctrl-C aborts at once, unsaved: a
-      checkpoint taken in the middle of an update could not resume exactly.
+    - Ctrl-C or SIGTERM stops the fit at a clean point and saves ``last.ckpt``, so that
+      ``linreg fit --ckpt_path last`` continues exactly (the data loader resumes mid-epoch, see
+      ``Batches``). A second Ctrl-C aborts at once, unsaved: a checkpoint taken in the middle of an
+      update could not resume exactly.
     - Never a checkpoint with non-finite weights.
+
+    Why not Lightning's own SIGTERM handling: in one process it waits for the end of the epoch (an
+    out-of-core epoch can outlast a scheduler's grace period), it stops in the middle of a
+    validation (whose metrics a resume then never logs), and under DDP its per-rank checks at the
+    end of an epoch can leave one rank waiting for the others forever (measured). Here, during
+    training, both signals only set a flag; the ranks agree on it (one all-reduce) at the end of
+    each step and stop together: after that step, or, on an epoch's last step, once the epoch's
+    validation and logging are done.
 
     Args:
         every_n_epochs: also save every N epochs (0: only at the end of fit).
@@ -44,7 +52,7 @@ class Checkpoint(ModelCheckpoint):
         super().__init__(save_last=True, every_n_epochs=every_n_epochs, save_top_k=-1 if every_n_epochs else 1)
         self.stopped_by: str | None = None
         self._trainer: L.Trainer | None = None
-        self._previous_sigint: Any = None
+        self._previous: dict[int, Any] = {}
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if not _finite(trainer.lightning_module):
@@ -55,47 +63,62 @@ class Checkpoint(ModelCheckpoint):
     # -- stopping on a signal ----------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Ctrl-C asks for a stop, as SIGTERM does (Lightning's handler), instead of raising mid-update."""
+        super().on_train_start(trainer, pl_module)
         self.stopped_by, self._trainer = None, trainer
         if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.stopped_by or self._trainer is None:
-            raise KeyboardInterrupt
-        self.stopped_by = "Ctrl-C"
-        self._trainer._signal_connector.received_sigterm = True
-        print(
-            "linreg: Ctrl-C: stopping after this step and saving last.ckpt (Ctrl-C again aborts without saving)",
-            file=sys.stderr,
-        )
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stopped_by is not None or self._trainer is None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.stopped_by = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        launcher = self._trainer.strategy.launcher
+        if launcher is not None and hasattr(launcher, "kill"):
+            launcher.kill(signum)  # the DDP processes Lightning started, if any
+        if self._trainer.is_global_zero:
+            again = " (Ctrl-C again aborts without saving)" if signum == signal.SIGINT else ""
+            print(
+                f"linreg: {self.stopped_by}: stopping at the next clean point and saving last.ckpt{again}",
+                file=sys.stderr,
+            )
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def _restore_signals(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _stop_agreed(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        stop = self.stopped_by is not None
+        if trainer.world_size > 1:  # every rank decides the same, at the same step
+            flag = torch.tensor([float(stop)], device=pl_module.device)
+            stop = bool(trainer.strategy.reduce(flag, reduce_op="max").item())
+            self.stopped_by = self.stopped_by or ("SIGTERM" if stop else None)
+        return stop
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Stop after this step when asked. Lightning itself waits for the epoch's end in one process
-        (and stops DDP at the next step); the last step of an epoch is left to it, so that epoch's
-        metrics are logged."""
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if (
-            trainer.received_sigterm
-            and trainer.world_size == 1
-            and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        ):
-            raise SIGTERMException
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if not last and self._stop_agreed(trainer, pl_module):
+            raise SIGTERMException  # Lightning's "stopped by a signal": on_exception saves last.ckpt
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """On an epoch's last step: stop once the epoch is complete (Lightning raises right after it)."""
+        super().on_train_epoch_end(trainer, pl_module)
+        final = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+        if self._stop_agreed(trainer, pl_module) and not final:
+            trainer._signal_connector.received_sigterm = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_sigint()
+        self._restore_signals()
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_sigint()
+        self._restore_signals()
         if isinstance(exception, SIGTERMException):
             self.stopped_by = self.stopped_by or "SIGTERM"
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -103,7 +126,7 @@ class Checkpoint(ModelCheckpoint):
             rank_zero_warn("linreg: aborted by a second Ctrl-C in the middle of a step; no checkpoint saved")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore_sigint()
+        self._restore_signals()
         self._trainer = None
 
 

@@ -63,13 +63,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def find_last_checkpoint(root: str | Path) -> Path:
-    """The newest ``last*.ckpt`` under ``root/lightning_logs``: what ``--ckpt_path last`` means here."""
-    candidates = sorted(
-        Path(root).glob("lightning_logs/version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime
-    )
-    if not candidates:
-        raise LinregError(f"--ckpt_path last: no last.ckpt under {Path(root) / 'lightning_logs'}")
-    return candidates[-1]
+    """The newest ``last*.ckpt`` the default logger (``root/lightning_logs``) or, with
+    ``--trainer.logger false``, Lightning itself (``root/checkpoints``) wrote: what ``--ckpt_path last`` means."""
+    root = Path(root)
+    found = [*root.glob("lightning_logs/version_*/checkpoints/last*.ckpt"), *root.glob("checkpoints/last*.ckpt")]
+    if not found:
+        raise LinregError(f"--ckpt_path last: no last.ckpt under {root / 'lightning_logs'} or {root / 'checkpoints'}")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def _show(value: Any) -> str:
@@ -82,6 +82,9 @@ class _SaveFitConfig(SaveConfigCallback):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and trainer.logger is not None:
+            # Without ckpt_path: `fit --ckpt_path last --config <this file>` must not clear the flag.
+            self.config = self.config.clone()
+            self.config.pop("ckpt_path", None)
             super().setup(trainer, pl_module, stage)
 
 
@@ -157,7 +160,7 @@ class LinregCLI(LightningCLI):
         """Use the checkpoint's value; a value the user gave (flag or config file) must agree with it."""
         if saved is None:
             return
-        if given is not None and key in given:
+        if given is not None and given.get(key) is not None:  # None: "from the data", as in a saved config
             value = given[key]
             same = value == saved or (isinstance(saved, list) and isinstance(value, str) and [value] == saved)
             if not same:
@@ -190,7 +193,10 @@ class LinregCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         if config.get("enable_checkpointing") is False:  # the user's choice: no checkpoint at all
             callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
-        return super()._instantiate_trainer(config, callbacks)
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except ValueError as exc:  # Lightning's word on a Trainer setting (accelerator, strategy, ...)
+            raise LinregError(f"--trainer settings refused by Lightning: {exc}") from exc
 
     def after_instantiate_classes(self) -> None:
         """Read and check all the data this subcommand needs, before the trainer creates anything."""
@@ -221,12 +227,14 @@ class LinregCLI(LightningCLI):
             ckpt = self.trainer.checkpoint_callback
             by = getattr(ckpt, "stopped_by", None) or "SIGTERM"
             if self.trainer.is_global_zero:
-                saved = f"saved {ckpt.last_model_path}" if ckpt and ckpt.last_model_path else "nothing saved"
-                print(
-                    f"linreg: stopped by {by} at epoch {self.trainer.current_epoch}, step {self.trainer.global_step}; "
-                    f"{saved}; resume with `linreg fit ... --ckpt_path last`",
-                    file=sys.stderr,
+                where = (
+                    f"linreg: stopped by {by} at epoch {self.trainer.current_epoch}, step {self.trainer.global_step}"
                 )
+                if ckpt and ckpt.last_model_path:
+                    then = f"saved {ckpt.last_model_path}; resume with `linreg fit ... --ckpt_path last`"
+                else:
+                    then = "nothing saved (checkpointing is off)"
+                print(f"{where}; {then}", file=sys.stderr)
             raise SystemExit(130 if by == "Ctrl-C" else 143) from None
 
     def after_fit(self) -> None:

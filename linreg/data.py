@@ -345,14 +345,22 @@ class Batches:
     def __len__(self) -> int:
         return math.ceil(self.n_batches / self.group)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "served": self.served, "group": self.group, "batch_size": self.batch_size}
+    def state_dict(self) -> dict[str, Any]:
+        """Where this epoch stands, and what its batch order depends on."""
+        return {"epoch": self.epoch, "served": self.served, **self._order()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if (state["group"], state["batch_size"]) != (self.group, self.batch_size):
+    def _order(self) -> dict[str, Any]:
+        keys = ("rows", "batch_size", "group", "shuffle", "seed")
+        return dict(zip(keys, (self.n, self.batch_size, self.group, self.shuffle, self.seed)))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved, now = {k: state.get(k) for k in self._order()}, self._order()
+        if saved != now:
+            differ = ", ".join(f"{k} {saved[k]!r} then, {now[k]!r} now" for k in now if saved[k] != now[k])
             raise LinregError(
-                f"this checkpoint stopped mid-epoch with batches of {state['batch_size']} rows, "
-                f"{state['group']} per step; resume it with the same --data.batch_size and --data.rows_per_step"
+                f"this checkpoint stopped in the middle of an epoch, and the rest of that epoch depends on the "
+                f"training rows and their order ({differ}); resume it with the same --data settings "
+                "(path, splits, seed, shuffle, batch_size, rows_per_step)"
             )
         self._resume = dict(state)
 

@@ -296,7 +296,8 @@ class LinRegModule(L.LightningModule):
         params = {**(datamodule.hparams if datamodule is not None else {}), **self.hparams}
         params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
         if isinstance(self.logger, TensorBoardLogger):  # other loggers take no metrics with hparams
-            self.logger.log_hyperparams(params, {f"hp/{name.split('/')[0]}_mse": float(metrics[name])})
+            metric = {f"hp/{name.split('/')[0]}_mse": float(metrics[name])}
+            self.logger.log_hyperparams(params, metric, step=self.global_step)
 
     # -- evaluation and prediction ------------------------------------------------------------------
 

@@ -108,16 +108,21 @@ def test_trainer_switches_work_or_are_refused_in_one_line(cli, workdir, capsys) 
     assert cli("fit", "--config", SEED, "--trainer.logger", "false") == 0
     assert not (workdir / "lightning_logs").exists() and not (workdir / "config.yaml").exists()
     assert (workdir / "checkpoints" / "last.ckpt").is_file()  # no logger: Lightning's default_root_dir
-    capsys.readouterr()
+    assert (
+        cli("fit", "--config", SEED, "--trainer.logger", "false", "--trainer.max_epochs", "120", "--ckpt_path", "last")
+        == 0
+    )
+    assert "120 epoch(s)" in capsys.readouterr().out  # --ckpt_path last finds it there too
     assert cli("fit", "--config", SEED, "--trainer.enable_checkpointing", "false") == 0
     assert not list(workdir.glob("lightning_logs/*/checkpoints/*.ckpt"))
     assert "checkpoint:" not in capsys.readouterr().out
     assert cli("fit", "--config", SEED, "--trainer.strategy", "ddp_spawn") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use --trainer.strategy ddp" in err[0]
-    assert cli("fit", "--config", SEED, "--trainer.devices", "0") == 1  # Lightning's own refusal, one line
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("linreg: error:") and "devices" in err[0]
+    for flag, value, word in [("devices", "0", "devices"), ("accelerator", "hpu", "hpu"), ("strategy", "fsdp", "fsdp")]:
+        assert cli("fit", "--config", SEED, f"--trainer.{flag}", value) == 1  # Lightning's refusal, one line
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("linreg: error:") and word in err[0], err
 
 
 @pytest.mark.parametrize("limit", [("--trainer.max_steps", "7"), ("--trainer.limit_train_batches", "3")])

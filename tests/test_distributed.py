@@ -147,3 +147,31 @@ def test_out_of_core_npy_keeps_memory_bounded(tmp_path: Path) -> None:
     assert peak - base < size / 3
     summary = json.loads(next(tmp_path.glob("lightning_logs/*/checkpoints/summary.json")).read_text())
     assert summary["optimum"]["excess"] < 0.01 and summary["steps"] == 123
+
+
+def test_ddp_stopped_mid_epoch_resumes_bit_identical(tmp_path: Path) -> None:
+    """SIGTERM reaches rank 0 only, mid-epoch: both ranks stop after the same step, last.ckpt is saved,
+    and the resumed two-process fit ends with the weights of a straight one, bit for bit."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, 2))
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "y": X @ [1.5, -2.0] + 0.3}).to_csv(tmp_path / "t.csv", index=False)
+    common = ("fit", "--data.path", "t.csv", "--data.batch_size", "4", "--data.shuffle", "rows")
+    common += ("--data.rows_per_step", "8", "--model.momentum", "0.9", "--trainer.max_epochs", "3", *DDP)
+    # 10 updates an epoch, 2 per step: the signal comes before step 14 and both ranks stop after it, at 16
+    linreg(tmp_path, *common)
+    straight = last_ckpt(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    signal_at = ("--trainer.callbacks+=tests.signals.SignalAt", "--trainer.callbacks.step", "13")
+    stopped = subprocess.run(
+        [sys.executable, "-m", "linreg.cli", *common, *signal_at, "--trainer.callbacks.signal", "SIGTERM"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "stopped by SIGTERM at epoch 1, step 16" in stopped.stderr
+    assert torch.load(last_ckpt(tmp_path), weights_only=True)["global_step"] == 16
+    linreg(tmp_path, *common, "--ckpt_path", "last")
+    assert all(torch.equal(a, b) for a, b in zip(weights(straight), weights(last_ckpt(tmp_path)), strict=True))

@@ -137,6 +137,17 @@ def test_model_flag_contradicting_checkpoint(cli, workdir, table, capsys) -> Non
     assert pd.read_csv(workdir / "a.csv").equals(pd.read_csv(workdir / "b.csv"))
 
 
+def test_resume_with_the_runs_own_saved_config(cli, workdir, table, capsys) -> None:
+    """The config.yaml a fit saves can drive the resume: its nulls ("from the data") agree with any
+    checkpoint, and it holds no ckpt_path that would clear the flag given before it."""
+    assert cli("fit", "--data.path", str(table), "--model.lr", "0.05", "--trainer.max_epochs", "3") == 0
+    saved = next(workdir.glob("lightning_logs/version_0/config.yaml"))
+    assert "ckpt_path" not in saved.read_text() and "features: null" in saved.read_text()
+    assert cli("fit", "--ckpt_path", "last", "--config", str(saved), "--trainer.max_epochs", "5") == 0
+    assert "5 epoch(s)" in capsys.readouterr().out
+    assert cli("predict", "--config", str(saved), "--ckpt_path", "last", "--output", "p.csv") == 0
+
+
 def test_bad_checkpoints_are_one_line(cli, workdir, trained, capsys) -> None:
     assert cli("predict", "--ckpt_path", "missing.ckpt") == 1
     assert "missing.ckpt: no such file" in error_line(capsys)
@@ -265,19 +276,27 @@ def test_signal_saves_a_resumable_checkpoint(cli, workdir, capsys, sig) -> None:
     assert f"{epoch + 3} epoch(s)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_stop_mid_epoch_then_resume_is_bit_identical(cli, workdir, table, capsys, sig, code) -> None:
-    """A real signal in the middle of an epoch: the fit stops after that step, saves, and the resumed
-    fit finishes the same epoch with the same batches: weights and every logged epoch loss equal."""
+@pytest.mark.parametrize(
+    "sig, during, limits",
+    [
+        ("SIGINT", "training", ("--data.rows_per_step", "8")),  # steps of 2 updates
+        ("SIGTERM", "training", ("--data.rows_per_step", "8")),
+        ("SIGTERM", "validation", ("--trainer.val_check_interval", "3")),  # validation inside the epoch
+    ],
+)
+def test_stop_mid_epoch_then_resume_is_bit_identical(cli, workdir, table, capsys, sig, during, limits) -> None:
+    """A real signal in the middle of an epoch (or of a validation): the fit stops after the next
+    training step, saves, and the resumed fit finishes that epoch with the same batches. Weights, and
+    every scalar the two runs logged together, equal those of a straight run."""
     common = (
-        *("--data.path", str(table), "--data.val_fraction", "0.2", "--data.batch_size", "4"),
-        *("--data.rows_per_step", "8", "--data.shuffle", "rows", "--model.momentum", "0.9"),
-        *("--trainer.max_epochs", "3"),
-    )  # 32 training rows: 8 updates an epoch, in 4 steps of 2
+        *("--data.path", str(table), "--data.val_fraction", "0.2", "--data.batch_size", "4", *limits),
+        *("--data.shuffle", "rows", "--model.momentum", "0.9", "--trainer.max_epochs", "3"),
+    )  # 32 training rows: 8 updates an epoch
     assert cli("fit", *common) == 0
     straight = last_ckpt(workdir)
     signal_at = ("--trainer.callbacks+=tests.signals.SignalAt", "--trainer.callbacks.step", "9")
-    assert cli("fit", *common, *signal_at, "--trainer.callbacks.signal", sig) == code
+    signal_at += ("--trainer.callbacks.signal", sig, "--trainer.callbacks.during", during)
+    assert cli("fit", *common, *signal_at) == (130 if sig == "SIGINT" else 143)
     err = capsys.readouterr().err
     assert f"stopped by {'Ctrl-C' if sig == 'SIGINT' else 'SIGTERM'} at epoch 1, step 12" in err
     stopped = last_ckpt(workdir)
@@ -285,8 +304,10 @@ def test_stop_mid_epoch_then_resume_is_bit_identical(cli, workdir, table, capsys
     assert cli("fit", *common, "--ckpt_path", "last") == 0
     resumed = last_ckpt(workdir)
     assert all(torch.equal(a, b) for a, b in zip(weights(straight), weights(resumed), strict=True))
-    one, two = scalars(straight.parents[1]), scalars(resumed.parents[1])
-    for tag in ("train/loss", "train/r2", "val/loss"):
-        assert one[tag][1:] == two[tag], tag  # epoch 1 (logged after the resume) and 2, equal
+    one, first, second = (scalars(p.parents[1]) for p in (straight, stopped, resumed))
+    assert "val/r2" in one and "train/loss" in one
+    for tag, points in one.items():
+        assert sorted(set(first.get(tag, [])) | set(second.get(tag, []))) == points, tag
     assert cli("fit", *common, "--data.batch_size", "8", "--ckpt_path", str(stopped)) == 1
-    assert "resume it with the same --data.batch_size" in error_line(capsys)
+    line = error_line(capsys)
+    assert "batch_size 4 then, 8 now" in line and "resume it with the same --data settings" in line
