@@ -19,13 +19,13 @@ pytestmark = pytest.mark.slow
 DDP = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
 
 
-def linreg(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def linreg(cwd: Path, *args: str, status: int = 0) -> subprocess.CompletedProcess:
     """DDP re-launches the command line, so it must run as a real process, not in pytest's."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "linreg.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.returncode == status, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
 
@@ -160,17 +160,8 @@ def test_ddp_stopped_mid_epoch_resumes_bit_identical(tmp_path: Path) -> None:
     # 10 updates an epoch, 2 per step: the signal comes before step 14 and both ranks stop after it, at 16
     linreg(tmp_path, *common)
     straight = last_ckpt(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     signal_at = ("--trainer.callbacks+=tests.signals.SignalAt", "--trainer.callbacks.step", "13")
-    stopped = subprocess.run(
-        [sys.executable, "-m", "linreg.cli", *common, *signal_at, "--trainer.callbacks.signal", "SIGTERM"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    stopped = linreg(tmp_path, *common, *signal_at, "--trainer.callbacks.signal", "SIGTERM", status=143)
     assert "stopped by SIGTERM at epoch 1, step 16" in stopped.stderr
     assert torch.load(last_ckpt(tmp_path), weights_only=True)["global_step"] == 16
     linreg(tmp_path, *common, "--ckpt_path", "last")
