@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from linreg.callbacks import Checkpoint, PredictionWriter
+from linreg.checkpoints import find_last_checkpoint, load_checkpoint
 from linreg.data import LinRegData
 from linreg.errors import LinregError
 from linreg.figures import FitFigures
@@ -41,35 +41,6 @@ DATA_FROM_CHECKPOINT = (
 )
 MODEL_FROM_CHECKPOINT = ("lr", "momentum", "weight_decay")
 LINKED = ("in_features", "out_features", "feature_names", "target_names", "standardize", "standardize_target")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint weights-only (a pickled payload never runs) and check it is linreg's."""
-    p = Path(path)
-    if not p.is_file():
-        raise LinregError(f"--ckpt_path {p}: no such file")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise LinregError(f"--ckpt_path {p}: refused, not a plain checkpoint ({reason})") from exc
-    except Exception as exc:
-        raise LinregError(
-            f"--ckpt_path {p}: not a readable checkpoint (truncated or another format: {type(exc).__name__})"
-        ) from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "in_features" not in ckpt.get("hyper_parameters", {}):
-        raise LinregError(f"--ckpt_path {p}: not a linreg checkpoint (no model hyperparameters or weights)")
-    return ckpt
-
-
-def find_last_checkpoint(root: str | Path) -> Path:
-    """The newest ``last*.ckpt`` the default logger (``root/lightning_logs``) or, with
-    ``--trainer.logger false``, Lightning itself (``root/checkpoints``) wrote: what ``--ckpt_path last`` means."""
-    root = Path(root)
-    found = [*root.glob("lightning_logs/version_*/checkpoints/last*.ckpt"), *root.glob("checkpoints/last*.ckpt")]
-    if not found:
-        raise LinregError(f"--ckpt_path last: no last.ckpt under {root / 'lightning_logs'} or {root / 'checkpoints'}")
-    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def _show(value: Any) -> str:
@@ -373,8 +344,14 @@ def _quiet_lightning() -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``linreg`` command; tests call ``main([...])`` in process."""
     _quiet_lightning()
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        LinregCLI(args=args)
+        if argv[:1] == ["export"]:  # not a Trainer method, so not a LightningCLI subcommand
+            from linreg.export import export_main
+
+            export_main(argv[1:])
+        else:
+            LinregCLI(args=args)
     except (LinregError, MisconfigurationException) as exc:
         # MisconfigurationException: a Trainer setting Lightning rejects; its message says which.
         if os.environ.get("LINREG_DEBUG"):
