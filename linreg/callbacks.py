@@ -6,11 +6,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
@@ -19,6 +18,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from linreg.errors import LinregError
 from linreg.io import write_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _finite(module: L.LightningModule) -> bool:
@@ -154,7 +156,7 @@ class PredictionWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
         index = torch.cat([p["index"].cpu() for p in predictions]).numpy()
-        pred = torch.cat([p["pred"].detach().float().cpu() for p in predictions]).numpy()
+        pred = torch.cat([p["pred"].detach().cpu() for p in predictions]).numpy()  # float64 models: exact
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             parts: list[Any] = [None] * trainer.world_size
             dist.all_gather_object(parts, (index, pred))
@@ -168,6 +170,8 @@ class PredictionWriter(BasePredictionWriter):
             raise LinregError("prediction rows came back incomplete or duplicated; no output written")
         if not np.isfinite(pred).all():
             raise LinregError("the model produced non-finite predictions; no output written")
+        import pandas as pd
+
         df = pd.DataFrame(pred, columns=self.target_names)
         if self.ids is not None:
             df.insert(0, self.id_column, self.ids)

@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,8 +28,9 @@ from linreg.checkpoints import find_last_checkpoint, load_checkpoint
 from linreg.data import LinRegData
 from linreg.errors import LinregError
 from linreg.figures import FitFigures
-from linreg.io import check_output, write_json
+from linreg.io import check_output
 from linreg.module import LinRegModule
+from linreg.summary import print_fit_summary, print_metrics
 
 # Settings that describe the data a checkpoint was trained on: (data flag, model hyperparameter).
 DATA_FROM_CHECKPOINT = (
@@ -39,7 +39,7 @@ DATA_FROM_CHECKPOINT = (
     ("standardize", "standardize"),
     ("standardize_target", "standardize_target"),
 )
-MODEL_FROM_CHECKPOINT = ("lr", "momentum", "weight_decay")
+MODEL_FROM_CHECKPOINT = ("lr", "momentum", "weight_decay", "fit_intercept", "solver")
 LINKED = ("in_features", "out_features", "feature_names", "target_names", "standardize", "standardize_target")
 
 
@@ -119,8 +119,16 @@ class LinregCLI(LightningCLI):
             return
         if cfg.ckpt_path == "last":
             cfg.ckpt_path = str(find_last_checkpoint("."))  # the default logger writes ./lightning_logs
-        hp = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        hp = ckpt["hyper_parameters"]
         given = self._given[sub] if self._given is not None else None
+        weight = ckpt["state_dict"].get("model.lin.weight")
+        if (
+            weight is not None
+            and weight.dtype == torch.float64
+            and (given is None or not given.get("trainer.precision"))
+        ):
+            cfg.trainer.precision = "64-true"  # a float64 model predicts in float64 unless told otherwise
         for data_key, model_key in DATA_FROM_CHECKPOINT:
             self._take(cfg, given, f"data.{data_key}", hp.get(model_key), cfg.ckpt_path)
         for key in MODEL_FROM_CHECKPOINT:
@@ -172,6 +180,7 @@ class LinregCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         """Read and check all the data this subcommand needs, before the trainer creates anything."""
         if self.subcommand:
+            self.datamodule.set_precision(self.trainer.precision)
             self.datamodule.check(self.subcommand)
 
     def before_predict(self) -> None:
@@ -236,90 +245,6 @@ def check_accelerator(accelerator: Any) -> None:
     raise LinregError(f"--trainer.accelerator {accelerator}: {why}; available here: {available}")
 
 
-def print_metrics(metrics: dict[str, Any], prefix: str) -> None:
-    for name, value in sorted(metrics.items()):
-        if name.startswith(prefix):
-            print(f"{name:<24} {float(value):.6g}")
-
-
-def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
-    """Coefficients (SGD beside the closed form, in original units) and the fit's final metrics."""
-    hp = model.hparams
-    features = hp.feature_names or [f"x{i}" for i in range(hp.in_features)]
-    targets = hp.target_names or [f"y{i}" for i in range(hp.out_features)]
-    w, b = model.coefficients()
-    opt = model.optimum
-    per_target = {}
-    for j, t in enumerate(targets):
-        per_target[t] = {
-            "sgd": {"coef": dict(zip(features, w[j].tolist())), "intercept": float(b[j])},
-            "closed_form": None
-            if opt is None
-            else {"coef": dict(zip(features, opt.coef[j].tolist())), "intercept": float(opt.intercept[j])},
-        }
-    metrics = dict(model.latest)
-    summary = {
-        "epochs": trainer.current_epoch,
-        "steps": trainer.global_step,
-        "features": features,
-        "targets": per_target,
-        "metrics": metrics,
-        "optimum": None if opt is None else {"mse": opt.mse, "sgd_mse": opt.sgd_mse, "excess": opt.excess},
-        "checkpoint": trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None,
-    }
-    if hp.in_features == 1:
-        with torch.no_grad():
-            x5 = torch.full((1, 1), 5.0, device=model.device)
-            summary["prediction_at_5"] = {t: float(v) for t, v in zip(targets, model(x5)[0])}
-    return summary
-
-
-def far_from_optimum_advice(excess: float, standardized: bool) -> str:
-    """Say plainly that SGD stopped short, and what usually closes the gap."""
-    steps = ["--data.standardize true"] if not standardized else []
-    steps += ["a larger --model.lr (or --model.momentum 0.9)", "more --trainer.max_epochs"]
-    why = "" if not standardized else " (standardized already: collinear features converge slowly)"
-    return (
-        f"warning: SGD ended {100 * excess:.3g}% above the least-squares optimum{why}; try "
-        + ", ".join(steps)
-        + "; the closed-form coefficients are in the table above"
-    )
-
-
-def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
-    """Print the fit as a short table and save it as summary.json beside the checkpoint."""
-    s = fit_summary(model, trainer)
-    lines = [f"linreg: fit done, {s['epochs']} epoch(s), {s['steps']} step(s)"]
-    if "train/loss" in s["metrics"]:
-        lines.append(f"  final loss      {s['metrics']['train/loss']:.8f}")
-    for name in ("train/r2", "val/mse", "val/r2"):
-        if name in s["metrics"]:
-            lines.append(f"  {name:<15} {s['metrics'][name]:.6g}")
-    lines.append(f"  {'target':<10} {'term':<16} {'sgd':>14} {'closed form':>14}")
-    for t, d in s["targets"].items():
-        cf = d["closed_form"] or {"coef": {}, "intercept": float("nan")}
-        for f, v in d["sgd"]["coef"].items():
-            lines.append(f"  {t:<10} {f:<16} {v:>14.6g} {cf['coef'].get(f, float('nan')):>14.6g}")
-        lines.append(f"  {t:<10} {'(intercept)':<16} {d['sgd']['intercept']:>14.6g} {cf['intercept']:>14.6g}")
-    if len(s["features"]) == 1 and len(s["targets"]) == 1:
-        t = next(iter(s["targets"]))
-        w, b = s["targets"][t]["sgd"]["coef"][s["features"][0]], s["targets"][t]["sgd"]["intercept"]
-        lines.append(f"  w = {w:.3f}, b = {b:.3f}, prediction f(5) = {s['prediction_at_5'][t]:.3f}")
-    opt = s["optimum"]
-    if opt is not None:
-        lines.append(
-            f"  optimum mse {opt['mse']:.6g}; SGD mse {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)"
-        )
-        if opt["excess"] > 0.01:
-            lines.append("  " + far_from_optimum_advice(opt["excess"], model.hparams.standardize))
-    if s["checkpoint"]:
-        path = write_json(Path(s["checkpoint"]).parent / "summary.json", s)
-        lines.append(f"  checkpoint: {s['checkpoint']}")
-        lines.append(f"  summary:    {path}")
-    print("\n".join(lines))
-    return s
-
-
 NOISE = (
     r".*Total length of `list` across ranks is zero.*",  # no validation split: intended
     r".*The dirpath has changed from.*",  # restoring a checkpoint to predict: irrelevant
@@ -334,7 +259,7 @@ class _DropTip(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     """Silence Lightning messages that are noise for linreg's users (each one named in NOISE)."""
     for pattern in NOISE:
         warnings.filterwarnings("ignore", message=pattern)
@@ -343,7 +268,7 @@ def _quiet_lightning() -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``linreg`` command; tests call ``main([...])`` in process."""
-    _quiet_lightning()
+    quiet_lightning()
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["export"]:  # not a Trainer method, so not a LightningCLI subcommand

@@ -18,6 +18,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from linreg.tables import default_names
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -191,8 +193,8 @@ class FitFigures(L.Callback):
         with torch.no_grad():
             pred = pl_module(x.to(pl_module.device)).cpu()
         hp = pl_module.hparams
-        features = hp.get("feature_names") or [f"x{i}" for i in range(x.shape[1])]
-        targets = hp.get("target_names") or [f"y{i}" for i in range(y.shape[1])]
+        features = hp.get("feature_names") or default_names("x", x.shape[1])
+        targets = hp.get("target_names") or default_names("y", y.shape[1])
         figures = fit_figures(x, y, pred, features, targets, self.max_points)
         ckpt = trainer.checkpoint_callback
         folder = Path(ckpt.dirpath if ckpt is not None and ckpt.dirpath else trainer.log_dir or ".")

@@ -7,11 +7,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from linreg.errors import LinregError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 

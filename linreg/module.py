@@ -1,24 +1,34 @@
-"""The LightningModule: the tutorial's stage 4 (custom module, MSE, SGD) with the loop handed to Lightning."""
+"""The LightningModule: the tutorial's stage 4 (custom module, MSE, SGD) with the loop handed to Lightning.
+
+It holds the steps, the metrics and the optimizer. The closed-form pass (``closed_form.ClosedForm``)
+and the fit figures (``figures.FitFigures``) are callbacks beside it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+from typing_extensions import override
 
-from linreg.closed_form import NormalEquations, Optimum
 from linreg.errors import LinregError
 from linreg.model import LinearRegression
+from linreg.tables import default_names
+
+Solver = Literal["sgd", "lstsq"]
 
 
 def _metrics(out_features: int) -> MetricCollection:
-    """MSE, RMSE, MAE, R² averaged over targets, plus one of each per target when there are several."""
+    """MSE, RMSE, MAE, R² averaged over targets, plus one of each per target when there are several.
+
+    In float64, fed with values shifted by the training target's mean (see ``_update_metrics``):
+    torchmetrics sums squares, and in float32 a target with mean 1e6 and spread 10 gives R² > 1.
+    """
     metrics: dict[str, Metric] = {
         "mse": MeanSquaredError(),
         "rmse": MeanSquaredError(squared=False),
@@ -32,7 +42,16 @@ def _metrics(out_features: int) -> MetricCollection:
             "per_target_mae": MeanAbsoluteError(num_outputs=out_features),
             "per_target_r2": R2Score(multioutput="raw_values"),
         }
-    return MetricCollection(metrics)
+    collection = MetricCollection(metrics).set_dtype(torch.float64)
+    collection.persistent(True)  # a checkpoint saved mid-epoch keeps the epoch's running values
+    return collection
+
+
+def _epoch_loss() -> MeanMetric:
+    """The epoch's loss: the row-weighted mean of the batch losses, summed in float64, reduced over ranks."""
+    loss = MeanMetric(nan_strategy="disable").set_dtype(torch.float64)
+    loss.persistent(True)
+    return loss
 
 
 class LinRegModule(L.LightningModule):
@@ -48,7 +67,10 @@ class LinRegModule(L.LightningModule):
         out_features: number of targets (the CLI fills it in from the data).
         lr: SGD learning rate.
         momentum: SGD momentum.
-        weight_decay: SGD weight decay (L2 penalty on w and b, as torch.optim.SGD applies it).
+        weight_decay: torch's SGD weight decay; it shrinks the intercept too.
+        fit_intercept: fit y = Xw + b (true) or y = Xw (false: no bias parameter at all).
+        solver: ``sgd`` (the tutorial's gradient descent) or ``lstsq`` (the exact least-squares
+            solution in float64, in one pass over the training rows; the optimizer flags are unused).
         feature_names: feature column names, in model input order (from the data).
         target_names: target column names, in model output order (from the data).
         standardize: features are standardized with training statistics (from the data).
@@ -63,6 +85,8 @@ class LinRegModule(L.LightningModule):
         lr: float = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        fit_intercept: bool = True,
+        solver: Solver = "sgd",
         feature_names: list[str] | None = None,
         target_names: list[str] | None = None,
         standardize: bool = False,
@@ -74,23 +98,27 @@ class LinRegModule(L.LightningModule):
             raise LinregError(f"--model.lr must be positive, got {lr}")
         self.save_hyperparameters()
         self.automatic_optimization = False  # several updates per Lightning step: see training_step
-        self.model = LinearRegression(in_features, out_features)
+        self.model = LinearRegression(in_features, out_features, bias=fit_intercept)
         self.register_buffer("x_mean", torch.zeros(in_features))
         self.register_buffer("x_scale", torch.ones(in_features))
         self.register_buffer("y_mean", torch.zeros(out_features))
         self.register_buffer("y_scale", torch.ones(out_features))
+        # The training target's mean, subtracted from predictions and targets before the metrics.
+        self.register_buffer("y_center", torch.zeros(out_features, dtype=torch.float64))
         metrics = _metrics(out_features)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.optimum: Optimum | None = None
+        self.train_loss, self.val_loss, self.test_loss = _epoch_loss(), _epoch_loss(), _epoch_loss()
+        self.optimum: Any = None  # set by the ClosedForm callback at the end of fit
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
-        # Per stage: Σ (row-mean loss) in float64 on the device, and rows; validation runs inside the
-        # training epoch, so the two must not share one accumulator.
-        self._loss_acc: dict[str, tuple[Tensor | float, int]] = {}
-        self._epoch_in_progress: dict[str, Any] | None = None  # from a checkpoint saved mid-epoch
 
     # -- the model ---------------------------------------------------------------------------------
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw features in, predictions in the target's units out."""
+        return self._unscale(self._scaled(x))
 
     def _scaled(self, x: Tensor) -> Tensor:
         """The linear layer's output, in standardized target units when targets are standardized."""
@@ -101,19 +129,16 @@ class LinRegModule(L.LightningModule):
     def _unscale(self, z: Tensor) -> Tensor:
         return z * self.y_scale + self.y_mean if self.hparams.standardize_target else z
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Raw features in, predictions in the target's units out."""
-        return self._unscale(self._scaled(x))
-
     def set_scaling(self, x_mean: Tensor, x_scale: Tensor, y_mean: Tensor, y_scale: Tensor) -> None:
         for name, value in zip(("x_mean", "x_scale", "y_mean", "y_scale"), (x_mean, x_scale, y_mean, y_scale)):
             getattr(self, name).copy_(value)
 
     @torch.no_grad()
-    def coefficients(self) -> tuple[Tensor, Tensor]:
-        """Weights (k × d) and intercepts (k) in original units, undoing the standardization."""
-        w = self.model.lin.weight.double().cpu()
-        b = self.model.lin.bias.double().cpu()
+    def coefficients(self) -> tuple[Tensor, Tensor | None]:
+        """Weights (k × d) and intercepts (k; None without an intercept) in original units, in float64."""
+        w = self.model.lin.weight.detach().double().cpu()
+        bias = self.model.lin.bias
+        b = bias.detach().double().cpu() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
         if self.hparams.standardize:
             xs, xm = self.x_scale.double().cpu(), self.x_mean.double().cpu()
             w = w / xs
@@ -121,18 +146,125 @@ class LinRegModule(L.LightningModule):
         if self.hparams.standardize_target:
             ys, ym = self.y_scale.double().cpu(), self.y_mean.double().cpu()
             w, b = w * ys[:, None], b * ys + ym
-        return w, b
+        return w, (b if self.hparams.fit_intercept or self.hparams.standardize else None)
 
-    # -- training ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_coefficients(self, coef: Tensor, intercept: Tensor | None) -> None:
+        """Put a solution given in original units (k × d, k) into the model, through its standardization."""
+        w = coef.double().to(self.device)
+        b = intercept.double().to(self.device) if intercept is not None else torch.zeros(w.shape[0], device=self.device)
+        if self.hparams.standardize_target:
+            ys, ym = self.y_scale.double(), self.y_mean.double()
+            w, b = w / ys[:, None], (b - ym) / ys
+        if self.hparams.standardize:
+            b = b + w @ self.x_mean.double()
+            w = w * self.x_scale.double()
+        lin = self.model.lin
+        lin.weight.copy_(w.to(lin.weight.dtype))
+        if lin.bias is not None:
+            lin.bias.copy_(b.to(lin.bias.dtype))
 
+    # -- Lightning hooks: set-up -------------------------------------------------------------------
+
+    @override
     def setup(self, stage: str) -> None:
-        scaling = getattr(self.trainer.datamodule, "scaling", None) if self._trainer is not None else None
-        if stage == "fit" and self.hparams.standardize and scaling is not None:
-            self.set_scaling(*scaling)
+        data = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and data is not None:
+            if self.hparams.standardize and getattr(data, "scaling", None) is not None:
+                self.set_scaling(*data.scaling)
+            if getattr(data, "target_mean", None) is not None:
+                self.y_center.copy_(data.target_mean)
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+    @override
+    def configure_callbacks(self) -> list[L.Callback]:
+        from linreg.closed_form_pass import ClosedForm
+
+        return [ClosedForm()]
+
+    @override
+    def on_train_start(self) -> None:
+        """Under DDP a mid-epoch checkpoint holds rank 0's running sums only: start the epoch's afresh."""
+        if self.trainer.world_size > 1:
+            self.train_loss.reset()
+            self.train_metrics.reset()
+
+    # -- Lightning hooks: steps --------------------------------------------------------------------
+
+    @override
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        """One SGD update per batch of the group, in the tutorial's order: forward, loss, backward, step.
+
+        Manual optimization lets one Lightning step run several updates (see ``Batches``); torch's
+        SGD does each update exactly as Lightning's automatic loop would. With ``solver=lstsq`` the
+        weights are already the solution (``ClosedForm``): the epoch only measures them.
+        """
+        optimizer = self.optimizers()
+        sgd = self.hparams.solver == "sgd"
+        preds, targets = [], []
+        for view in batch:
+            loss, pred = self._loss(view, "train")
+            if not torch.isfinite(loss):
+                raise LinregError(
+                    f"training diverged: the loss became {loss.item()} at epoch {self.current_epoch}, step "
+                    f"{self.global_step}; no checkpoint was written. Try --data.standardize true or a lower "
+                    f"--model.lr (now {self.hparams.lr})"
+                )
+            if sgd:
+                self.manual_backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            preds.append(pred)
+            targets.append(view["y"])
+        # One metric update per group: the same rows and predictions, a fraction of the calls.
+        self._update_metrics("train", torch.cat(preds), torch.cat(targets))
+        if self.hparams.log_step_loss and self.logger is not None:
+            self.logger.log_metrics({"train/loss_step": float(loss)}, step=self.global_step)
+
+    @override
+    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    @override
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    @override
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> dict[str, Tensor]:
+        x = torch.cat([view["x"] for view in batch])
+        if x.shape[1] != self.hparams.in_features:
+            raise LinregError(
+                f"predict data has {x.shape[1]} feature column(s); the model expects {self.hparams.in_features}"
+            )
+        return {"index": torch.cat([view["index"] for view in batch]), "pred": self(x)}
+
+    # -- Lightning hooks: epoch ends ---------------------------------------------------------------
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+        w, b = self.coefficients()
+        coefs = {"w": w[0, 0]} if w.shape == (1, 1) else {"coef_norm": w.norm()}
+        if w.shape == (1, 1) and b is not None:
+            coefs["b"] = b[0]
+        lr = self.optimizers().param_groups[0]["lr"]
+        self._publish(coefs | {"lr-SGD": lr}, also_log={"epoch": self.current_epoch})
+        if self.hparams.solver == "lstsq":
+            self.trainer.should_stop = True  # one epoch measures the solution; more would repeat it
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # -- helpers -------------------------------------------------------------------------------------
 
     def _loss(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor]:
         """The batch's share of the global-batch mean loss, and the predictions in original units.
@@ -145,90 +277,48 @@ class LinRegModule(L.LightningModule):
         z = self._scaled(x)
         target = (y - self.y_mean) / self.y_scale if self.hparams.standardize_target else y
         world = self.trainer.world_size if self._trainer is not None else 1
+        rows = x.shape[0]
         if world == 1:
             loss = F.mse_loss(z, target)
-            row_sum = loss.detach().double() * x.shape[0]
+            row_mean = loss.detach()
         else:
             sse = F.mse_loss(z, target, reduction="sum")
             loss = sse * (world / (batch["n"] * z.shape[1]))
-            row_sum = sse.detach().double() / z.shape[1]
-        total, rows = self._loss_acc.get(stage, (0.0, 0))
-        self._loss_acc[stage] = (total + row_sum, rows + x.shape[0])
+            row_mean = sse.detach() / max(rows * z.shape[1], 1)
+        getattr(self, f"{stage}_loss").update(row_mean.double(), rows)
         return loss, self._unscale(z.detach())
 
-    def _log_epoch_loss(self, stage: str) -> None:
-        """Log the epoch's row-weighted mean loss: one point per epoch, reduced over ranks."""
-        total, rows = self._loss_acc.pop(stage, (0.0, 0))
-        total = torch.as_tensor(total, dtype=torch.float64, device=self.device)
-        count = torch.tensor(float(rows), dtype=torch.float64, device=self.device)
-        if self.trainer.world_size > 1:
-            total = self.trainer.strategy.reduce(total, reduce_op="sum")
-            count = self.trainer.strategy.reduce(count, reduce_op="sum")
-        if count > 0:
-            self._publish({f"{stage}/loss": (total / count).float()})
+    def _update_metrics(self, stage: str, pred: Tensor, y: Tensor) -> None:
+        center = self.y_center.to(pred.device)
+        getattr(self, f"{stage}_metrics").update(pred.double() - center, y.double() - center)
 
-    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        """One SGD update per batch of the group, in the tutorial's order: forward, loss, backward, step.
-
-        Manual optimization lets one Lightning step run several updates (see ``Batches``); torch's
-        SGD does each update exactly as Lightning's automatic loop would.
-        """
-        optimizer = self.optimizers()
-        preds, targets = [], []
+    def _evaluate(self, batch: list[dict[str, Any]], stage: str) -> None:
         for view in batch:
-            loss, pred = self._loss(view, "train")
-            if not torch.isfinite(loss):
-                raise LinregError(
-                    f"training diverged: the loss became {loss.item()} at epoch {self.current_epoch}, step "
-                    f"{self.global_step}; no checkpoint was written. Try --data.standardize true or a lower "
-                    f"--model.lr (now {self.hparams.lr})"
-                )
-            self.manual_backward(loss)
-            optimizer.step()
-            optimizer.zero_grad()
-            preds.append(pred)
-            targets.append(view["y"])
-        # One metric update per group: the same rows and predictions, a fraction of the calls.
-        self.train_metrics.update(torch.cat(preds), torch.cat(targets))
-        if self.hparams.log_step_loss and self.logger is not None:
-            self.logger.log_metrics({"train/loss_step": float(loss)}, step=self.global_step)
+            _, pred = self._loss(view, stage)
+            self._update_metrics(stage, pred, view["y"])
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A fit stopped mid-epoch keeps that epoch's running loss and metrics, so the epoch logs the
-        values of an uninterrupted run. One process only: under DDP each rank holds its own share,
-        and the resumed epoch's train values cover the rows trained after the resume."""
-        if "train" in self._loss_acc and self.trainer.world_size == 1:
-            total, rows = self._loss_acc["train"]
-            checkpoint["linreg_epoch_in_progress"] = {
-                "epoch": self.current_epoch,
-                "loss": (float(total), rows),
-                "metrics": {
-                    name: {k: v.detach().cpu().clone() for k, v in metric.metric_state.items()}
-                    for name, metric in self.train_metrics.items(keep_base=True, copy_state=False)
-                },
-            }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._epoch_in_progress = checkpoint.get("linreg_epoch_in_progress")
-
-    def on_train_start(self) -> None:
-        saved, self._epoch_in_progress = self._epoch_in_progress, None
-        if saved is None or saved["epoch"] != self.current_epoch:
-            return
-        total, rows = saved["loss"]
-        self._loss_acc["train"] = (torch.tensor(total, dtype=torch.float64, device=self.device), rows)
-        for name, metric in self.train_metrics.items(keep_base=True, copy_state=False):
-            for key, value in saved["metrics"][name].items():
-                setattr(metric, key, value.to(self.device))
-            metric._update_count = 1  # it has seen rows: compute() may run without a warning
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_loss("train")
-        self._log_metrics(self.train_metrics)
-        w, b = self.coefficients()
-        coefs = {"w": w[0, 0], "b": b[0]} if w.shape == (1, 1) else {"coef_norm": w.norm()}
-        lr = self.optimizers().param_groups[0]["lr"]
-        self._publish(coefs | {"lr-SGD": lr}, also_log={"epoch": self.current_epoch})
+    def _log_epoch(self, stage: str) -> None:
+        """The epoch's loss and metrics, one point each; R² needs two rows, so a one-row split skips it."""
+        values: dict[str, Tensor | float] = {}
+        loss = getattr(self, f"{stage}_loss")
+        if loss.update_called:
+            mean = loss.compute()  # 0/0 when no rank had rows
+            if torch.isfinite(mean):
+                values[f"{stage}/loss"] = mean.float()
+        loss.reset()
+        names = self.hparams.target_names or default_names("y", self.hparams.out_features)
+        collection = getattr(self, f"{stage}_metrics")
+        for name, metric in collection.items():
+            if isinstance(metric, R2Score) and int(metric.total) < 2:
+                continue
+            value = metric.compute()
+            if name.split("/")[-1].startswith("per_target_"):
+                metric_name = name.split("/")[-1].removeprefix("per_target_")
+                values |= {f"{stage}/{metric_name}/{t}": v for t, v in zip(names, value)}
+            else:
+                values[name] = value
+        collection.reset()
+        self._publish(values)
 
     def _publish(self, values: dict[str, Tensor | float], also_log: dict[str, float] | None = None) -> None:
         """Record epoch values in ``latest`` and write them to the logger in one call, at the step
@@ -244,86 +334,6 @@ class LinRegModule(L.LightningModule):
         for key, value in values.items():
             self.latest[key] = direct[key] = float(value)
             if key == "train/loss" or key.startswith("val/"):
-                self.log(key, torch.as_tensor(value, dtype=torch.float32), on_epoch=True, logger=False)
+                self.log(key, torch.as_tensor(float(value), dtype=torch.float32), on_epoch=True, logger=False)
         if self.logger is not None and not self.trainer.sanity_checking:
             self.logger.log_metrics(direct, step=self.global_step)
-
-    def _log_metrics(self, collection: MetricCollection) -> None:
-        """Log each metric once per epoch; R² needs two rows, so a one-row split skips it."""
-        values: dict[str, Tensor] = {}
-        names = self.hparams.target_names or [f"y{i}" for i in range(self.hparams.out_features)]
-        for name, metric in collection.items():
-            if isinstance(metric, R2Score) and int(metric.total) < 2:
-                continue
-            value = metric.compute()
-            if name.split("/")[-1].startswith("per_target_"):
-                stage, metric_name = name.split("/")[0], name.split("/")[-1].removeprefix("per_target_")
-                values |= {f"{stage}/{metric_name}/{t}": v for t, v in zip(names, value)}
-            else:
-                values[name] = value
-        collection.reset()
-        self._publish(values)
-
-    # -- the closed form, once per fit --------------------------------------------------------------
-
-    def on_train_end(self) -> None:
-        """One pass over the training rows: the normal equations and the SGD model's error, all-reduced."""
-        hp = self.hparams
-        eq = NormalEquations(hp.in_features, hp.out_features, device=self.device)
-        loader = self.trainer.train_dataloader
-        with torch.no_grad():
-            for view in loader.batches() if loader is not None else []:
-                x, y = view["x"].to(self.device), view["y"].to(self.device)
-                eq.update(x, y, self(x))
-        if self.trainer.world_size > 1:
-            for t in eq.tensors():
-                t.copy_(self.trainer.strategy.reduce(t, reduce_op="sum"))
-        self.optimum = eq.solve()
-        if self.logger is not None:
-            self.logger.log_metrics(
-                {"optimum/mse": self.optimum.mse, "optimum/excess_mse": self.optimum.excess},
-                step=self.global_step,
-            )
-            self._log_hparams_metric()
-
-    def _log_hparams_metric(self) -> None:
-        """Give TensorBoard's hparams view the real result: val MSE, or train MSE without validation data."""
-        metrics = self.latest
-        name = "val/mse" if "val/mse" in metrics else "train/mse"
-        if name not in metrics:
-            return
-        datamodule = self.trainer.datamodule
-        params = {**(datamodule.hparams if datamodule is not None else {}), **self.hparams}
-        params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        if isinstance(self.logger, TensorBoardLogger):  # other loggers take no metrics with hparams
-            metric = {f"hp/{name.split('/')[0]}_mse": float(metrics[name])}
-            self.logger.log_hyperparams(params, metric, step=self.global_step)
-
-    # -- evaluation and prediction ------------------------------------------------------------------
-
-    def _evaluate(self, batch: list[dict[str, Any]], stage: str, metrics: MetricCollection) -> None:
-        for view in batch:
-            _, pred = self._loss(view, stage)
-            metrics.update(pred, view["y"])
-
-    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_loss("val")
-        self._log_metrics(self.val_metrics)
-
-    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_loss("test")
-        self._log_metrics(self.test_metrics)
-
-    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> dict[str, Tensor]:
-        x = torch.cat([view["x"] for view in batch])
-        if x.shape[1] != self.hparams.in_features:
-            raise LinregError(
-                f"predict data has {x.shape[1]} feature column(s); the model expects {self.hparams.in_features}"
-            )
-        return {"index": torch.cat([view["index"] for view in batch]), "pred": self(x)}

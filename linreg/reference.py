@@ -14,10 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from linreg.model import LinearRegression
-
-X_TUTORIAL = torch.tensor([[1], [2], [3], [4]], dtype=torch.float32)
-Y_TUTORIAL = torch.tensor([[2], [4], [6], [8]], dtype=torch.float32)
-X_TEST_TUTORIAL = torch.tensor([[5]], dtype=torch.float32)
+from linreg.tutorial_data import X_TUTORIAL, Y_TUTORIAL
 
 
 @dataclass

@@ -63,9 +63,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from linreg.cli import LinregCLI, _quiet_lightning
+from linreg.batches import Batches
+from linreg.cli import LinregCLI, quiet_lightning
 from linreg.closed_form import NormalEquations
-from linreg.data import Batches
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_CONFIG = ROOT / "configs" / "seed.yaml"
@@ -87,7 +87,7 @@ STEP_PARTS = {
     "  of which train metrics update": ("torchmetrics/collections.py", "update"),
     "backward": ("torch/_tensor.py", "backward"),
     "SGD update": ("optim/sgd.py", "sgd"),
-    "next batch (Batches.__iter__)": ("linreg/data.py", "__iter__"),
+    "next batch (Batches.__iter__)": ("linreg/batches.py", "__iter__"),
 }
 EPOCH_PARTS = {  # once per epoch, shown per step
     "epoch end: linreg on_train_epoch_end": ("linreg/module.py", "on_train_epoch_end"),
@@ -117,6 +117,31 @@ model = nn.Linear(1, 1); loss_fn = nn.MSELoss(); opt = torch.optim.SGD(model.par
 for _ in range(100):
     loss = loss_fn(model(X), Y); loss.backward(); opt.step(); opt.zero_grad()
 torch.save(model.state_dict(), sys.argv[1])
+print(f"f(5) = {model(torch.tensor([[5.0]])).item():.3f}")
+"""
+
+# The same job the plain Lightning way (issue 11's yardstick for linreg's start-up): a LightningModule
+# around nn.Linear with MSE and SGD, a TensorDataset DataLoader, a Trainer with the TensorBoard logger
+# and a checkpoint, 100 epochs, printing f(5).
+PLAIN_LIGHTNING_SCRIPT = """
+import torch, lightning as L
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+class Plain(L.LightningModule):
+    def __init__(self):
+        super().__init__(); self.lin = nn.Linear(1, 1)
+    def forward(self, x):
+        return self.lin(x)
+    def training_step(self, batch, batch_idx):
+        x, y = batch; loss = nn.functional.mse_loss(self(x), y); self.log("train/loss", loss); return loss
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+L.seed_everything(0)
+X = torch.tensor([[1.0], [2.0], [3.0], [4.0]]); Y = 2 * X
+model = Plain()
+trainer = L.Trainer(max_epochs=100, logger=L.pytorch.loggers.TensorBoardLogger("."), enable_progress_bar=False,
+                    enable_model_summary=False, log_every_n_steps=1)
+trainer.fit(model, DataLoader(TensorDataset(X, Y), batch_size=4))
 print(f"f(5) = {model(torch.tensor([[5.0]])).item():.3f}")
 """
 
@@ -252,7 +277,7 @@ def workdir(path: Path) -> Iterator[Path]:
 
 def quiet() -> None:
     """Lightning's banners and known warnings would bury the table."""
-    _quiet_lightning()
+    quiet_lightning()
     warnings.filterwarnings("ignore", message=r".*(LeafSpec|does not have many workers|num_workers).*")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -531,6 +556,19 @@ def seed_process(tmp: Path, repeats: int) -> dict[str, Any]:
     }
 
 
+def startup(tmp: Path, repeats: int = 5) -> dict[str, Any]:
+    """Whole-process wall (median of ``repeats``, interleaved so load hits both alike) of `linreg fit
+    --config seed.yaml` against PLAIN_LIGHTNING_SCRIPT: what linreg costs beyond Lightning itself."""
+    seed_fit = [*linreg_command(), "fit", f"--config={SEED_CONFIG}"]
+    linreg_s, plain_s = [], []
+    for i in range(repeats):
+        linreg_s.append(run_process(seed_fit, tmp / f"s{i}")[0])
+        plain_s.append(run_process([sys.executable, "-c", PLAIN_LIGHTNING_SCRIPT], tmp / f"l{i}")[0])
+    result = {"linreg_s": statistics.median(linreg_s), "plain_lightning_s": statistics.median(plain_s)}
+    result["ratio"] = result["linreg_s"] / result["plain_lightning_s"]
+    return result
+
+
 # -- closed form, convergence, memory ---------------------------------------------------------------
 
 
@@ -764,8 +802,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=300, help="steps under cProfile per batch size; 0: no profile")
     p.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--startup",
+        action="store_true",
+        help="only the start-up comparison: `linreg fit --config configs/seed.yaml` against a plain Lightning script",
+    )
     opts = p.parse_args(argv)
-    opts.repeats = opts.repeats or (3 if opts.rows >= 1_000_000 else 1)
+    opts.repeats = opts.repeats or (5 if opts.startup else 3 if opts.rows >= 1_000_000 else 1)
     return opts
 
 
@@ -775,6 +818,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if opts.threads:
         torch.set_num_threads(opts.threads)  # on a busy machine, 2 threads on 2 cores can make small ops 10-50x slower
     sys.argv = sys.argv[:1]  # LightningCLI falls back on sys.argv: never let it see the bench's flags
+    if opts.startup:
+        with tempfile.TemporaryDirectory(prefix="linreg-startup-") as tmp_name:
+            r = startup(Path(tmp_name), opts.repeats)
+        print(
+            f"start-up, whole process, median of {opts.repeats}: linreg fit --config seed.yaml {r['linreg_s']:.2f} s, "
+            f"plain Lightning script {r['plain_lightning_s']:.2f} s, ratio {r['ratio']:.2f} (goal <= 1.1)"
+        )
+        return {"startup": r}
     start, load_before = time.perf_counter(), round(os.getloadavg()[0], 2)
     if load_before > 0.5 and torch.get_num_threads() > 1:
         threads = torch.get_num_threads()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from linreg.data import Batches
+from linreg.batches import Batches
 from linreg.module import LinRegModule
 from linreg.reference import fit_manual
 from tests.conftest import SEED, last_ckpt, weights

@@ -29,8 +29,9 @@ from hypothesis import HealthCheck, Phase, currently_in_test_context, event, giv
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from linreg.data import TABLE_SUFFIXES, LinRegData, RecordRows, read_table
+from linreg.data import LinRegData
 from linreg.errors import LinregError
+from linreg.tables import TABLE_SUFFIXES, RecordRows, read_table
 
 
 def fuzz_settings(max_examples: int) -> settings:
