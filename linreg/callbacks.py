@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -15,12 +15,10 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
 from linreg.errors import LinregError
 from linreg.io import write_table
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 def _finite(module: L.LightningModule) -> bool:
@@ -56,6 +54,7 @@ class Checkpoint(ModelCheckpoint):
         self._trainer: L.Trainer | None = None
         self._previous: dict[int, Any] = {}
 
+    @override
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if not _finite(trainer.lightning_module):
             rank_zero_warn(f"not saving {filepath}: the weights are not finite")
@@ -64,6 +63,7 @@ class Checkpoint(ModelCheckpoint):
 
     # -- stopping on a signal ----------------------------------------------------------------------
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self.stopped_by, self._trainer = None, trainer
@@ -99,6 +99,7 @@ class Checkpoint(ModelCheckpoint):
             self.stopped_by = self.stopped_by or ("SIGTERM" if stop else None)
         return stop
 
+    @override
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -107,6 +108,7 @@ class Checkpoint(ModelCheckpoint):
         if not last and self._stop_agreed(trainer, pl_module):
             raise SIGTERMException  # Lightning's "stopped by a signal": on_exception saves last.ckpt
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """On an epoch's last step: stop once the epoch is complete (Lightning raises right after it)."""
         super().on_train_epoch_end(trainer, pl_module)
@@ -114,11 +116,13 @@ class Checkpoint(ModelCheckpoint):
         if self._stop_agreed(trainer, pl_module) and not final:
             trainer._signal_connector.received_sigterm = True
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_signals()
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_signals()
         if isinstance(exception, SIGTERMException):
@@ -127,6 +131,7 @@ class Checkpoint(ModelCheckpoint):
         elif isinstance(exception, KeyboardInterrupt) and self.stopped_by:
             rank_zero_warn("linreg: aborted by a second Ctrl-C in the middle of a step; no checkpoint saved")
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_signals()
         self._trainer = None
@@ -144,7 +149,7 @@ class PredictionWriter(BasePredictionWriter):
         self,
         output: str | Path,
         target_names: list[str],
-        ids: pd.Series | None = None,
+        ids: np.ndarray | None = None,
         id_column: str | None = None,
         overwrite: bool = False,
     ) -> None:
@@ -152,6 +157,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output, self.target_names = Path(output), target_names
         self.ids, self.id_column, self.overwrite = ids, id_column, overwrite
 
+    @override
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:

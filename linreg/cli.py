@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from linreg.callbacks import Checkpoint, PredictionWriter
-from linreg.checkpoints import find_last_checkpoint, load_checkpoint
+from linreg.checkpoints import find_last_checkpoint, load_checkpoint, take_checkpoint_settings
 from linreg.data import LinRegData
 from linreg.errors import LinregError
 from linreg.figures import FitFigures
@@ -32,20 +32,7 @@ from linreg.io import check_output
 from linreg.module import LinRegModule
 from linreg.summary import print_fit_summary, print_metrics
 
-# Settings that describe the data a checkpoint was trained on: (data flag, model hyperparameter).
-DATA_FROM_CHECKPOINT = (
-    ("features", "feature_names"),
-    ("target", "target_names"),
-    ("standardize", "standardize"),
-    ("standardize_target", "standardize_target"),
-)
-MODEL_FROM_CHECKPOINT = ("lr", "momentum", "weight_decay", "fit_intercept", "solver")
 LINKED = ("in_features", "out_features", "feature_names", "target_names", "standardize", "standardize_target")
-
-
-def _show(value: Any) -> str:
-    """A value as the user would type it on the command line."""
-    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 class _SaveFitConfig(SaveConfigCallback):
@@ -119,35 +106,8 @@ class LinregCLI(LightningCLI):
             return
         if cfg.ckpt_path == "last":
             cfg.ckpt_path = str(find_last_checkpoint("."))  # the default logger writes ./lightning_logs
-        ckpt = load_checkpoint(cfg.ckpt_path)
-        hp = ckpt["hyper_parameters"]
         given = self._given[sub] if self._given is not None else None
-        weight = ckpt["state_dict"].get("model.lin.weight")
-        if (
-            weight is not None
-            and weight.dtype == torch.float64
-            and (given is None or not given.get("trainer.precision"))
-        ):
-            cfg.trainer.precision = "64-true"  # a float64 model predicts in float64 unless told otherwise
-        for data_key, model_key in DATA_FROM_CHECKPOINT:
-            self._take(cfg, given, f"data.{data_key}", hp.get(model_key), cfg.ckpt_path)
-        for key in MODEL_FROM_CHECKPOINT:
-            self._take(cfg, given, f"model.{key}", hp.get(key), cfg.ckpt_path)
-
-    @staticmethod
-    def _take(cfg: Namespace, given: Namespace | None, key: str, saved: Any, ckpt_path: str) -> None:
-        """Use the checkpoint's value; a value the user gave (flag or config file) must agree with it."""
-        if saved is None:
-            return
-        if given is not None and given.get(key) is not None:  # None: "from the data", as in a saved config
-            value = given[key]
-            same = value == saved or (isinstance(saved, list) and isinstance(value, str) and [value] == saved)
-            if not same:
-                raise LinregError(
-                    f"--{key} {_show(value)} contradicts the checkpoint {ckpt_path}, which was trained "
-                    f"with {_show(saved)}; drop the flag or train a new model"
-                )
-        cfg[key] = saved
+        take_checkpoint_settings(cfg, given, load_checkpoint(cfg.ckpt_path))
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]

@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from linreg.batches import Batches, Shuffle
 from linreg.errors import LinregError
-from linreg.tables import RecordRows, Rows, Table, default_names, mean_scale, read_table
+from linreg.tables import CHUNK_ROWS, RecordRows, Rows, Table, default_names, mean_scale, read_table
 from linreg.tutorial_data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 
 
@@ -159,13 +159,14 @@ class LinRegData(L.LightningDataModule):
 
     def _xy(self, table: Table, need_target: bool) -> tuple[Rows, Rows | None]:
         """Features and targets as the file holds them (see ``Table.matrix``)."""
-        x = table.matrix(self.feature_names, dtype=None)
+        fit32 = self.dtype == torch.float32
+        x = table.matrix(self.feature_names, dtype=None, fit_float32=fit32)
         if not need_target:
             return x, None
         missing = [t for t in self.target_names if t not in table.columns]
         if missing:
             raise LinregError(f"{table.source}: no target column(s) {missing}; columns are {table.columns}")
-        return x, table.matrix(self.target_names, dtype=None)
+        return x, table.matrix(self.target_names, dtype=None, fit_float32=fit32)
 
     def _all(self, need_target: bool) -> tuple[Rows, Rows | None]:
         if self._tensors is not None:
@@ -263,7 +264,7 @@ class LinRegData(L.LightningDataModule):
                         + "; ".join(p for p in parts if p)
                         + f"; the model expects features {self.feature_names}"
                     )
-                x = table.matrix(self.feature_names, dtype=None)
+                x = table.matrix(self.feature_names, dtype=None, fit_float32=self.dtype == torch.float32)
             self._exact["predict"] = (x, None)
         x = self._exact["predict"][0]
         self._splits["predict"] = (self._as_dtype(x), None)
@@ -295,6 +296,8 @@ class LinRegData(L.LightningDataModule):
         if "train" not in self._exact:
             return []
         x, y = self._exact["train"]
+        if isinstance(x, RecordRows):  # out of core: resident memory stays at about one training batch
+            batch_size = min(batch_size, self.hparams.batch_size or CHUNK_ROWS, CHUNK_ROWS)
         rank, world = self._rank()
         return Batches(x, y, batch_size, "none", 0, rank, world)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -17,11 +17,13 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
 from linreg.tables import default_names
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+# A matplotlib Figure. Not imported for type checking either: jsonargparse, which reads this module for
+# FitFigures' flags, runs `if TYPE_CHECKING:` blocks, and matplotlib would load on every start.
+Figure = Any
 
 MAX_POINTS = 5000  # more points only hide the pattern and slow the drawing
 MAX_PANELS = 8  # one panel per target, up to this many
@@ -172,6 +174,7 @@ class FitFigures(L.Callback):
         super().__init__()
         self.enabled, self.max_points = enabled, max_points
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or not trainer.is_global_zero:
             return

@@ -77,6 +77,8 @@ class Table:
         dtype = self._dtype(name)
         if getattr(dtype, "kind", "") == "c":  # complex would silently lose its imaginary part
             return False
+        if self.frame is None:  # numpy arrays: no need to import pandas (and hold its memory) for this
+            return dtype.kind in "biuf"
         import pandas as pd
 
         return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
@@ -113,12 +115,15 @@ class Table:
                         where = f" (row {row + 1}: {series.iloc[row]!r})"
                 raise LinregError(f"{self.source}: column {name!r} is not numeric{where}")
 
-    def matrix(self, names: Sequence[str], dtype: torch.dtype | None = torch.float32) -> Tensor | RecordRows:
+    def matrix(
+        self, names: Sequence[str], dtype: torch.dtype | None = torch.float32, fit_float32: bool = False
+    ) -> Tensor | RecordRows:
         """The columns as rows of ``dtype``, refusing anything that would train to NaN: text, NaN, inf.
 
         ``dtype=None`` gives the values as the file holds them: float64 for CSV, Parquet and integer
         columns, the stored float type for NPZ and NPY. That is what the least-squares solution is
-        computed from; SGD trains on a float32 copy unless the precision is 64-bit.
+        computed from; SGD trains on a float32 copy unless the precision is 64-bit, so ``fit_float32``
+        also refuses values beyond float32's range.
         """
         names = list(names)
         self._check_columns(names)
@@ -128,7 +133,7 @@ class Table:
             exact = RecordRows(self.records, names, stored)
             for start in range(0, self.n_rows, CHUNK_ROWS):
                 chunk = exact[start : start + CHUNK_ROWS].numpy()
-                _check_finite(chunk, names, self.source, start, dtype == torch.float32)
+                _check_finite(chunk, names, self.source, start, fit_float32 or dtype == torch.float32)
             return RecordRows(self.records, names, dtype or stored)
         if self.arrays is not None:
             array, first = self.arrays[names[0]]
@@ -143,7 +148,8 @@ class Table:
         exact = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
         want = {None: exact.dtype, torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}[dtype]
         for start in range(0, exact.shape[0], CHUNK_ROWS):
-            _check_finite(exact[start : start + CHUNK_ROWS], names, self.source, start, want == np.float32)
+            to_float32 = fit_float32 or want == np.float32
+            _check_finite(exact[start : start + CHUNK_ROWS], names, self.source, start, to_float32)
         values = np.ascontiguousarray(exact, dtype=want)
         return torch.from_numpy(values if values.flags.writeable else values.copy())
 
@@ -223,17 +229,14 @@ def read_table(path: str | Path) -> Table:
     suffix = p.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise LinregError(f"{p}: unsupported file type {suffix or '(none)'!r}; expected .csv, .parquet, .npz or .npy")
-    import pandas as pd
-
     try:
-        if suffix == ".csv":
-            frame = pd.read_csv(p)
-        elif suffix == ".npz":
+        if suffix == ".npz":
             return _read_npz(p)
-        elif suffix == ".npy":
+        if suffix == ".npy":
             return _read_npy(p)
-        else:
-            frame = pd.read_parquet(p)
+        import pandas as pd  # only for the text and Parquet formats: numpy tables start without it
+
+        frame = pd.read_csv(p) if suffix == ".csv" else pd.read_parquet(p)
     except LinregError:
         raise
     except Exception as exc:  # any parser failure on user input is a user error

@@ -10,7 +10,7 @@ import torch
 
 from linreg.module import LinRegModule
 from linreg.reference import stage4_custom_module
-from tests.conftest import SEED, last_ckpt
+from tests.helpers import SEED, last_ckpt
 
 
 @pytest.fixture

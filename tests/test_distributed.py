@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import ROOT, last_ckpt, weights
+from tests.helpers import ROOT, last_ckpt, weights
 
 pytestmark = pytest.mark.slow
 DDP = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")

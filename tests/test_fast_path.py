@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from linreg.batches import Batches
 from linreg.module import LinRegModule
 from linreg.reference import fit_manual
-from tests.conftest import SEED, last_ckpt, weights
+from tests.helpers import SEED, last_ckpt, weights
 
 N, D = 37, 3
 

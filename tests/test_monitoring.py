@@ -34,7 +34,7 @@ import linreg.figures
 from linreg.data import LinRegData
 from linreg.figures import FitFigures, fit_figures
 from linreg.module import LinRegModule
-from tests.conftest import SEED, last_ckpt, scalars, weights
+from tests.helpers import SEED, last_ckpt, scalars, weights
 
 PNG = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 20

@@ -8,7 +8,7 @@ import torch
 
 from linreg.module import LinRegModule
 from linreg.reference import X_TUTORIAL, Y_TUTORIAL, fit_manual
-from tests.conftest import SEED, last_ckpt, scalars, weights
+from tests.helpers import SEED, last_ckpt, scalars, weights
 
 TOL = 1e-7
 

@@ -17,7 +17,7 @@ import torch
 
 from linreg.errors import LinregError
 from linreg.io import atomic_write
-from tests.conftest import ROOT, SEED, last_ckpt, scalars, weights
+from tests.helpers import ROOT, SEED, last_ckpt, scalars, weights
 
 
 def error_line(capsys) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from linreg.module import LinRegModule
-from tests.conftest import last_ckpt, scalars
+from tests.helpers import last_ckpt, scalars
 
 
 def make_data(n: int, d: int, noise: float, k: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

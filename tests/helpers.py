@@ -1,0 +1,29 @@
+"""Helpers the tests share: the repository's paths, the newest checkpoint, a run's TensorBoard scalars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = str(ROOT / "configs" / "seed.yaml")
+
+
+def last_ckpt(root: Path) -> Path:
+    ckpts = sorted(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert ckpts, f"no checkpoint under {root}"
+    return ckpts[-1]
+
+
+def scalars(version_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run's event file(s), read back with TensorBoard's own reader."""
+    acc = EventAccumulator(str(version_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def weights(ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    return state["model.lin.weight"], state["model.lin.bias"]
