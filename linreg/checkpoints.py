@@ -75,7 +75,8 @@ def take_checkpoint_settings(cfg: Namespace, given: Namespace | None, ckpt: dict
 def _take(cfg: Namespace, given: Namespace | None, key: str, saved: Any, ckpt_path: str) -> None:
     if saved is None:
         return
-    if given is not None and given.get(key) is not None:  # None: "from the data", as in a saved config
+    # None: "from the data", as in a saved config; "auto": whatever the checkpoint settled on.
+    if given is not None and given.get(key) not in (None, "auto"):
         value = given[key]
         same = value == saved or (isinstance(saved, list) and isinstance(value, str) and [value] == saved)
         if not same:

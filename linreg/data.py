@@ -7,7 +7,7 @@ four points.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -47,6 +47,7 @@ class LinRegData(L.LightningDataModule):
         batch_size: rows per optimizer step; default: all training rows (the tutorial's full batch).
         shuffle: ``blocks`` (default), ``rows`` or ``none``; see ``Batches``.
         standardize: standardize features with training-split statistics kept in the checkpoint.
+            ``auto`` (default): on for a table (``path``) or tensors, off for the tutorial's built-in data.
         standardize_target: standardize targets too (only with ``standardize``).
         rows_per_step: consecutive batches are grouped into one Lightning step until they hold about
             this many rows (see ``Batches``); 0 means one batch per step. Results do not change.
@@ -65,12 +66,16 @@ class LinRegData(L.LightningDataModule):
         seed: int = 0,
         batch_size: int | None = None,
         shuffle: Shuffle = "blocks",
-        standardize: bool = False,
+        standardize: bool | Literal["auto"] = "auto",
         standardize_target: bool = False,
         rows_per_step: int = 262_144,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # The model's hyperparameters hold the decided value (linked from ``self.standardize``); here it
+        # may still be "auto", which Lightning would report as a conflict with the model's.
+        self.save_hyperparameters(ignore=["standardize"])
+        if standardize == "auto":  # raw units need a step tuned to each column's scale; standardized ones don't
+            standardize = path is not None
         for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= frac < 1.0:
                 raise LinregError(f"--data.{name} must be in [0, 1), got {frac}")
@@ -101,7 +106,7 @@ class LinRegData(L.LightningDataModule):
     @classmethod
     def from_tensors(cls, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> LinRegData:
         """Data from Python: ``x`` (n×d), ``y`` (n or n×k); columns are named x0.. and y0.. (or x, y)."""
-        dm = cls(**kwargs)
+        dm = cls(**{"standardize": kwargs.pop("standardize", True), **kwargs})
         x = x.reshape(-1, 1) if x.ndim == 1 else x
         if y is not None:
             y = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -212,7 +217,7 @@ class LinRegData(L.LightningDataModule):
         self._exact["train"] = (x, y)
         y_mean, y_scale = mean_scale(y)
         self.target_mean = y_mean
-        if hp.standardize:
+        if self.standardize:
             x_mean, x_scale = mean_scale(x)
             if not hp.standardize_target:
                 y_mean, y_scale = torch.zeros(y.shape[1]), torch.ones(y.shape[1])

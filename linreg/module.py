@@ -12,6 +12,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 from typing_extensions import override
@@ -21,6 +22,7 @@ from linreg.model import LinearRegression
 from linreg.tables import default_names
 
 Solver = Literal["sgd", "lstsq"]
+Auto = Literal["auto"]
 
 
 def _metrics(out_features: int) -> MetricCollection:
@@ -65,9 +67,18 @@ class LinRegModule(L.LightningModule):
     Args:
         in_features: number of features (the CLI fills it in from the data).
         out_features: number of targets (the CLI fills it in from the data).
-        lr: SGD learning rate.
-        momentum: SGD momentum.
+        lr: SGD learning rate, or ``auto``: the step from the curvature of the training loss (its
+            Hessian's extreme eigenvalues, from one pass over the training rows before training).
+        momentum: SGD momentum, or ``auto``: with ``lr auto``, the heavy-ball momentum that goes with
+            the step (optimal for the loss's condition number); with a given lr, 0 (plain SGD).
         weight_decay: torch's SGD weight decay; it shrinks the intercept too.
+        average: average the iterates over the second half of the epochs (Polyak-Ruppert tail
+            averaging) and end with the average: what takes mini-batch SGD past its noise floor.
+            ``auto``: on with mini-batches and ``lr auto``; off with full batches (which have no noise
+            to average) and with a hand-set step (plain SGD, as the tutorial's loop).
+        tol: stop when the epoch's training loss is within this relative distance of the least-squares
+            optimum's (known before training starts); 0 never stops early. ``auto``: 1e-4 with
+            ``lr auto``, 0 with a hand-set step (which then runs its epochs, as the tutorial's loop).
         fit_intercept: fit y = Xw + b (true) or y = Xw (false: no bias parameter at all).
         solver: ``sgd`` (the tutorial's gradient descent) or ``lstsq`` (the exact least-squares
             solution in float64, in one pass over the training rows; the optimizer flags are unused).
@@ -82,9 +93,11 @@ class LinRegModule(L.LightningModule):
         self,
         in_features: int = 1,
         out_features: int = 1,
-        lr: float = 0.01,
-        momentum: float = 0.0,
+        lr: float | Auto = "auto",
+        momentum: float | Auto = "auto",
         weight_decay: float = 0.0,
+        average: bool | Auto = "auto",
+        tol: float | Auto = "auto",
         fit_intercept: bool = True,
         solver: Solver = "sgd",
         feature_names: list[str] | None = None,
@@ -94,8 +107,12 @@ class LinRegModule(L.LightningModule):
         log_step_loss: bool = False,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise LinregError(f"--model.lr must be positive, got {lr}")
+        if lr != "auto" and lr <= 0:
+            raise LinregError(f"--model.lr must be positive or auto, got {lr}")
+        if momentum != "auto" and not 0 <= momentum < 1:
+            raise LinregError(f"--model.momentum must be in [0, 1) or auto, got {momentum}")
+        if tol != "auto" and tol < 0:
+            raise LinregError(f"--model.tol must be at least 0 or auto, got {tol}")
         self.save_hyperparameters()
         self.automatic_optimization = False  # several updates per Lightning step: see training_step
         self.model = LinearRegression(in_features, out_features, bias=fit_intercept)
@@ -110,7 +127,13 @@ class LinRegModule(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.train_loss, self.val_loss, self.test_loss = _epoch_loss(), _epoch_loss(), _epoch_loss()
-        self.optimum: Any = None  # set by the ClosedForm callback at the end of fit
+        # Polyak-Ruppert averaging of the iterates; its copy of the weights is not trained (no grad).
+        self.averaged = AveragedModel(self.model).requires_grad_(False) if average is not False else None
+        self.average_from: int | None = None  # the first epoch averaged; None: not averaging (see ClosedForm)
+        self.optimum: Any = None  # set by the ClosedForm callback
+        self.optimum_loss: float | None = None  # the optimum's training loss in the loss's units (ClosedForm)
+        self.curvature: tuple[float, float] | None = None  # the loss Hessian's largest, smallest eigenvalue
+        self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
 
     # -- the model ---------------------------------------------------------------------------------
@@ -177,8 +200,12 @@ class LinRegModule(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """torch's SGD on the linear layer. ``auto`` values start at 0 and are set by ``ClosedForm`` once
+        the training rows have been measured, before the first update."""
         hp = self.hparams
-        return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        lr = 0.0 if hp.lr == "auto" else hp.lr
+        momentum = 0.0 if hp.momentum == "auto" else hp.momentum
+        return torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=hp.weight_decay)
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
@@ -211,13 +238,16 @@ class LinRegModule(L.LightningModule):
             if not torch.isfinite(loss):
                 raise LinregError(
                     f"training diverged: the loss became {loss.item()} at epoch {self.current_epoch}, step "
-                    f"{self.global_step}; no checkpoint was written. Try --data.standardize true or a lower "
-                    f"--model.lr (now {self.hparams.lr})"
+                    f"{self.global_step}; no checkpoint was written. Try "
+                    + ("" if self.hparams.standardize else "--data.standardize true, ")
+                    + f"a lower --model.lr (now {optimizer.param_groups[0]['lr']:.4g}) or --model.lr auto"
                 )
             if sgd:
                 self.manual_backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
+                if self.average_from is not None and self.current_epoch >= self.average_from:
+                    self.averaged.update_parameters(self.model)
             preds.append(pred)
             targets.append(view["y"])
         # One metric update per group: the same rows and predictions, a fraction of the calls.
@@ -247,6 +277,14 @@ class LinRegModule(L.LightningModule):
     @override
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        loss = self.latest.get("train/loss")
+        if loss is not None:
+            self.loss_history.append(loss)
+            if self.optimum_loss is not None and self.hparams.solver == "sgd":
+                excess = max(loss - self.optimum_loss, 0.0) / self._excess_scale
+                self._publish({"optimum/excess": excess})
+                if excess <= self._tol and self.current_epoch + 1 >= (self.trainer.min_epochs or 0):
+                    self.trainer.should_stop = True  # converged: more epochs would not change the answer
         w, b = self.coefficients()
         coefs = {"w": w[0, 0]} if w.shape == (1, 1) else {"coef_norm": w.norm()}
         if w.shape == (1, 1) and b is not None:
@@ -265,6 +303,17 @@ class LinRegModule(L.LightningModule):
         self._log_epoch("test")
 
     # -- helpers -------------------------------------------------------------------------------------
+
+    @property
+    def _tol(self) -> float:
+        tol = self.hparams.tol
+        return (1e-4 if self.hparams.lr == "auto" else 0.0) if tol == "auto" else tol
+
+    def set_optimum_loss(self, loss: float, scale: float) -> None:
+        """The optimum's training loss, and what its excess is relative to (the loss itself, or the
+        target's spread when the optimum fits exactly): known before training, it gives the per-epoch
+        gap to the optimum and the stopping rule ``tol``."""
+        self.optimum_loss, self._excess_scale = loss, scale
 
     def _loss(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor]:
         """The batch's share of the global-batch mean loss, and the predictions in original units.
@@ -333,7 +382,7 @@ class LinRegModule(L.LightningModule):
         direct: dict[str, float] = dict(also_log or {})
         for key, value in values.items():
             self.latest[key] = direct[key] = float(value)
-            if key == "train/loss" or key.startswith("val/"):
+            if key in ("train/loss", "optimum/excess") or key.startswith("val/"):
                 self.log(key, torch.as_tensor(float(value), dtype=torch.float32), on_epoch=True, logger=False)
         if self.logger is not None and not self.trainer.sanity_checking:
             self.logger.log_metrics(direct, step=self.global_step)

@@ -76,6 +76,7 @@ def test_grouped_fit_equals_the_manual_dataloader_loop(cli, workdir, xy, rows_pe
     x, y = xy
     pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": y[:, 0]}).to_csv(workdir / "t.csv", index=False)
     common = ("--data.path", "t.csv", "--data.batch_size", "3", "--data.shuffle", "none", "--model.momentum", "0.5")
+    common += ("--model.lr", "0.01", "--data.standardize", "false")  # the tutorial's SGD, not the defaults
     assert cli("fit", *common, "--data.rows_per_step", rows_per_step, "--trainer.max_epochs", "4") == 0
     ckpt = torch.load(last_ckpt(workdir), weights_only=True)
     assert ckpt["global_step"] == 4 * 13

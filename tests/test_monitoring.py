@@ -55,6 +55,8 @@ def _fit(root: Path, dm: LinRegData) -> Run:
     model = LinRegModule(
         in_features=dm.in_features,
         out_features=dm.out_features,
+        lr=0.01,  # the tutorial's step, not the automatic one
+        momentum=0.0,
         feature_names=dm.feature_names,
         target_names=dm.target_names,
     )
