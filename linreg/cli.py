@@ -211,6 +211,7 @@ NOISE = (
     r".*LeafSpec.*",  # a torch deprecation inside Lightning
     r".*does not have many workers.*",  # batches are tensor slices, no workers needed
     r".*infer the batch indices.*",  # rows carry their own index (see PredictionWriter)
+    r".*sync_dist=True.*",  # epoch values are already reduced over ranks (torchmetrics) before self.log
 )
 
 

@@ -36,6 +36,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool
         raise LinregError(f"{p} already exists; pass --overwrite true to replace it")
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result gets a normal file's permissions
     try:
         write(Path(tmp))
         os.replace(tmp, p)

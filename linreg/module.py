@@ -51,7 +51,9 @@ def _metrics(out_features: int) -> MetricCollection:
 
 def _epoch_loss() -> MeanMetric:
     """The epoch's loss: the row-weighted mean of the batch losses, summed in float64, reduced over ranks."""
-    loss = MeanMetric(nan_strategy="disable").set_dtype(torch.float64)
+    # nan_strategy "ignore", not "disable": in torchmetrics 1.9 "disable" also drops the weights. A NaN
+    # loss never counts anyway: training_step stops the fit at the first one.
+    loss = MeanMetric(nan_strategy="ignore").set_dtype(torch.float64)
     loss.persistent(True)
     return loss
 
@@ -169,7 +171,7 @@ class LinRegModule(L.LightningModule):
         if self.hparams.standardize_target:
             ys, ym = self.y_scale.double().cpu(), self.y_mean.double().cpu()
             w, b = w * ys[:, None], b * ys + ym
-        return w, (b if self.hparams.fit_intercept or self.hparams.standardize else None)
+        return w, (b if self.hparams.fit_intercept else None)
 
     @torch.no_grad()
     def set_coefficients(self, coef: Tensor, intercept: Tensor | None) -> None:
@@ -194,7 +196,10 @@ class LinRegModule(L.LightningModule):
         data = self.trainer.datamodule if self._trainer is not None else None
         if stage == "fit" and data is not None:
             if self.hparams.standardize and getattr(data, "scaling", None) is not None:
-                self.set_scaling(*data.scaling)
+                x_mean, x_scale, y_mean, y_scale = data.scaling
+                if not self.hparams.fit_intercept:  # centring is an intercept in disguise: scale only
+                    x_mean, y_mean = torch.zeros_like(x_mean), torch.zeros_like(y_mean)
+                self.set_scaling(x_mean, x_scale, y_mean, y_scale)
             if getattr(data, "target_mean", None) is not None:
                 self.y_center.copy_(data.target_mean)
 
@@ -209,9 +214,19 @@ class LinRegModule(L.LightningModule):
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
-        from linreg.closed_form_pass import ClosedForm
+        from linreg.closed_form import ClosedForm
 
         return [ClosedForm()]
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A float64 checkpoint under a 64-bit precision: become float64 before the weights are copied in.
+        Lightning loads the state dict before its precision plugin converts the module, so a float32
+        module would round the weights on the way."""
+        weight = checkpoint.get("state_dict", {}).get("model.lin.weight")
+        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        if weight is not None and weight.dtype == torch.float64 and precision.startswith("64"):
+            self.double()
 
     @override
     def on_train_start(self) -> None:

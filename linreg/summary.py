@@ -35,6 +35,10 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
     w, b = model.coefficients()
     opt = model.optimum
     inference = getattr(opt, "inference", None)
+    inference_note = getattr(opt, "inference_note", None)
+    if inference and any(entry["sigma"] == 0 for entry in inference):
+        # statsmodels would print zero standard errors and infinite t: say what it means instead
+        inference, inference_note = None, "the fit is exact (zero residuals), so standard errors are 0 and t undefined"
     per_target = {}
     for j, t in enumerate(targets):
         fitted = _solution(w, b, features, j)
@@ -62,7 +66,7 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             "excess": opt.excess,
             "unique": getattr(opt, "unique", True),
             "collinear": list(getattr(opt, "collinear", [])),
-            "inference_note": getattr(opt, "inference_note", None),
+            "inference_note": inference_note,
         },
         "sgd": None
         if hp.solver != "sgd"

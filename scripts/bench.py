@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.batches import Batches
 from linreg.cli import LinregCLI, quiet_lightning
-from linreg.closed_form import NormalEquations
+from linreg.closed_form import LeastSquares
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_CONFIG = ROOT / "configs" / "seed.yaml"
@@ -77,6 +77,7 @@ TARGETS = {  # name: (threshold, "min": the value must be at least the threshold
     "c/a at 4096": (0.5, "min"),
     "c/a at 65536": (0.8, "min"),
     "time to 1% excess / sklearn fit": (2.0, "max"),
+    "lstsq trainer.fit / sklearn fit": (0.5, "max"),
     "seed whole process / raw script": (1.3, "max"),
     "peak RSS above baseline / data size": (1.5, "max"),
 }
@@ -441,6 +442,10 @@ def fit_args(npz: Path, batch: int, epochs: int, *extra: str) -> list[str]:
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
         "--seed_everything=0",
+        # The raw loop it is compared with: raw units, a fixed step, no averaging (not linreg's defaults).
+        "--data.standardize=false",
+        "--model.lr=0.01",
+        "--model.momentum=0",
         *extra,
     ]
 
@@ -572,14 +577,19 @@ def startup(tmp: Path, repeats: int = 5) -> dict[str, Any]:
 # -- closed form, convergence, memory ---------------------------------------------------------------
 
 
-def closed_form(x: Tensor, y: Tensor) -> dict[str, Any]:
-    """linreg's normal equations (float64 sums over 65536-row blocks, then lstsq) against scikit-learn."""
+def closed_form(x: Tensor, y: Tensor, npz: Path, tmp: Path) -> dict[str, Any]:
+    """linreg's least-squares solver (float64 TSQR over 65536-row blocks), alone and as `linreg fit
+    --model.solver lstsq` (trainer.fit: the solver's pass, the epoch that measures the solution, the
+    checkpoint), against scikit-learn's LinearRegression.fit on the same array."""
     t0 = time.perf_counter()
-    eq = NormalEquations(x.shape[1], 1)
+    ls = LeastSquares(x.shape[1], 1)
     for s in range(0, len(x), CHUNK):
-        eq.update(x[s : s + CHUNK], y[s : s + CHUNK])
-    opt = eq.solve()
+        ls.update(x[s : s + CHUNK], y[s : s + CHUNK])
+    opt = ls.solve()
     result: dict[str, Any] = {"linreg_s": time.perf_counter() - t0, "optimum_mse": opt.mse, "sklearn_s": None}
+    args = fit_args(npz, len(x), 1, "--model.solver=lstsq", "--figures.enabled=false", "--data.standardize=true")
+    cli, _ = run_linreg(args, tmp / "lstsq")
+    result["lstsq_fit_s"] = cli.fit_seconds
     try:
         from sklearn.linear_model import LinearRegression
     except ImportError:
@@ -705,6 +715,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         "c/a at 4096": by_batch.get(4096, {}).get("c_over_a"),
         "c/a at 65536": by_batch.get(65536, {}).get("c_over_a"),
         "time to 1% excess / sklearn fit": conv["fit_s"] / sk if sk and conv["reached"] else None,
+        "lstsq trainer.fit / sklearn fit": result["closed_form"]["lstsq_fit_s"] / sk if sk else None,
         "seed whole process / raw script": result["seed_process"]["ratio"],
         "peak RSS above baseline / data size": result["memory"]["above_baseline_over_data"],
     }
@@ -752,7 +763,8 @@ def print_report(r: dict[str, Any]) -> None:
     sk = "not installed" if cf["sklearn_s"] is None else f"{cf['sklearn_s']:.3f} s"
     diff = f" (max |coef diff| {cf['max_abs_coef_diff']:.1e})" if "max_abs_coef_diff" in cf else ""
     print(
-        f"\nclosed form: linreg normal equations {cf['linreg_s']:.3f} s; scikit-learn LinearRegression.fit {sk}{diff}"
+        f"\nclosed form: linreg's TSQR solver {cf['linreg_s']:.3f} s, `linreg fit --model.solver lstsq` trainer.fit "
+        f"{cf['lstsq_fit_s']:.3f} s; scikit-learn LinearRegression.fit {sk}{diff}"
     )
     print(
         f"to <= 1% excess MSE: {c['epochs']} epoch(s) = {c['steps']} steps at batch {c['batch']}, lr {c['lr']}, "
@@ -842,7 +854,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["seed_step"] = seed_step(tmp)
         result["seed_process"] = seed_process(tmp, opts.repeats)
         print("  closed form, convergence ...", flush=True)
-        result["closed_form"] = closed_form(x, y)
+        result["closed_form"] = closed_form(x, y, npz, tmp)
         result["convergence"] = convergence(npz, tmp, x, y, result["closed_form"]["optimum_mse"], opts)
         print("  memory ...", flush=True)
         baseline = result["seed_process"]["linreg_peak_rss_mb"]
