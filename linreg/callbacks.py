@@ -162,7 +162,9 @@ class PredictionWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
         index = torch.cat([p["index"].cpu() for p in predictions]).numpy()
-        pred = torch.cat([p["pred"].detach().cpu() for p in predictions]).numpy()  # float64 models: exact
+        # Written as float64, which holds every float32 exactly: float32's shortest text ("3.355513e+07")
+        # reads back as another number (33555130, not the model's 33555128) in every float64 CSV reader.
+        pred = torch.cat([p["pred"].detach().cpu() for p in predictions]).double().numpy()
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             parts: list[Any] = [None] * trainer.world_size
             dist.all_gather_object(parts, (index, pred))

@@ -112,6 +112,12 @@ class LinregCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         check_accelerator(cfg.trainer.get("accelerator"))
+        precision = str(cfg.trainer.get("precision"))
+        if precision.startswith(("16-true", "bf16-true", "transformer-engine")):
+            raise LinregError(
+                f"--trainer.precision {precision} is not supported: 16-bit weights hold 3 significant digits, "
+                "fewer than the summary reports; use 32-true (default), 64-true, 16-mixed or bf16-mixed"
+            )
         strategy = cfg.trainer.get("strategy")
         if isinstance(strategy, str) and strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
             raise LinregError(

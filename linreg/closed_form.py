@@ -463,7 +463,7 @@ class ClosedForm(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         hp = pl_module.hparams
         device = pl_module.device
-        ls = LeastSquares(hp.in_features, hp.out_features, hp.fit_intercept, device=device)
+        ls = LeastSquares(hp.in_features, hp.out_features, hp.fit_intercept, hp.l2, hp.l1, device=device)
         d = hp.in_features + int(hp.fit_intercept)
         gram = torch.zeros(d, d, dtype=torch.float64, device=device)
         x_mean, x_scale = pl_module.x_mean.double(), pl_module.x_scale.double()
@@ -482,12 +482,11 @@ class ClosedForm(L.Callback):
         pl_module.optimum = optimum
         if hp.solver == "lstsq":
             pl_module.set_coefficients(optimum.coef, optimum.intercept)
-        spread = optimum.target_var * float(self._loss_factor(pl_module).mean())
-        loss = optimum.objective
-        pl_module.set_optimum_loss(loss, loss if loss > 1e-9 * spread else spread or 1.0)
         n = optimum.n
         # The Hessian of nn.MSELoss (a mean over rows and targets) in the model's own coordinates.
-        eig = torch.linalg.eigvalsh(gram * (2.0 / (n * hp.out_features)))
+        hessian = gram * (2.0 / (n * hp.out_features))
+        hessian.diagonal()[: hp.in_features] += 2.0 * hp.l2  # the ridge penalty's curvature (not the intercept's)
+        eig = torch.linalg.eigvalsh(hessian)
         big = float(eig[-1])
         small = float(eig[eig > big * 1e-12][0]) if big > 0 else 0.0  # exactly collinear directions don't count
         pl_module.curvature = (big, small)
@@ -501,12 +500,27 @@ class ClosedForm(L.Callback):
         if average and hp.solver == "sgd" and pl_module.averaged is not None:
             pl_module.average_from = (trainer.max_epochs or 0) // 2 if (trainer.max_epochs or -1) > 0 else 0
 
-    @staticmethod
-    def _loss_factor(pl_module: L.LightningModule) -> Tensor:
-        """Per target, what the loss's units are in original units squared: 1/σ² for standardized targets."""
-        if pl_module.hparams.standardize_target:
-            return 1.0 / pl_module.y_scale.double().cpu() ** 2
-        return torch.ones(pl_module.hparams.out_features, dtype=torch.float64)
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The gap to the optimum of the weights the fit would end with now, exactly (from the R factor,
+        no pass over the rows), and the stopping rule: within ``--model.tol``, more epochs change nothing."""
+        if pl_module.hparams.solver != "sgd" or pl_module.optimum is None:
+            return
+        excess = self._measure(pl_module, *pl_module.current_coefficients()).excess
+        pl_module.publish({"optimum/excess": excess})
+        if excess <= pl_module.tolerance and trainer.current_epoch + 1 >= (trainer.min_epochs or 0):
+            trainer.should_stop = True
+
+    def _measure(self, pl_module: L.LightningModule, coef: Tensor, intercept: Tensor | None) -> Optimum:
+        """The optimum, with these coefficients' training MSE as the compared model's. With penalties,
+        both ``mse`` fields hold the penalized objective instead (in the model's units): that is what
+        the fit minimizes, and what its gap to the optimum means."""
+        ls, optimum, hp = self.least_squares, pl_module.optimum, pl_module.hparams
+        intercept = intercept if hp.fit_intercept else None
+        if hp.l1 or hp.l2:
+            sgd = ls.objective(coef, intercept, *self._scales(pl_module))
+            return dataclasses.replace(optimum, mse=optimum.objective, sgd_mse=sgd)
+        return dataclasses.replace(optimum, sgd_mse=ls.objective(coef, intercept))
 
     @staticmethod
     def _scales(pl_module: L.LightningModule) -> tuple[Tensor | None, Tensor | None]:
@@ -522,17 +536,10 @@ class ClosedForm(L.Callback):
 
         The R factor of the start's pass gives any coefficients' training MSE exactly (‖R·v‖²/n), so
         this needs no second pass over the rows."""
-        averaged = pl_module.averaged
-        if pl_module.average_from is not None and averaged is not None and int(averaged.n_averaged) > 0:
-            with torch.no_grad():
-                for mine, avg in zip(pl_module.model.parameters(), averaged.module.parameters()):
-                    mine.copy_(avg)
-        ls, optimum = getattr(self, "least_squares", None), pl_module.optimum
-        if ls is None or optimum is None:
+        pl_module.end_with_average()
+        if getattr(self, "least_squares", None) is None or pl_module.optimum is None:
             return
-        coef, intercept = pl_module.coefficients()
-        sgd_mse = ls.objective(coef, intercept if pl_module.hparams.fit_intercept else None)
-        pl_module.optimum = optimum = dataclasses.replace(optimum, sgd_mse=sgd_mse)
+        pl_module.optimum = optimum = self._measure(pl_module, *pl_module.coefficients())
         if trainer.logger is not None:
             trainer.logger.log_metrics(
                 {"optimum/mse": optimum.mse, "optimum/excess_mse": optimum.excess}, step=trainer.global_step

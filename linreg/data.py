@@ -237,7 +237,9 @@ class LinRegData(L.LightningDataModule):
                 self._exact[key] = self._all(need_target=True)
         for key, (x, y) in self._exact.items():
             if key not in self._splits or self._splits[key][0].dtype != self.dtype:
-                self._splits[key] = (self._as_dtype(x), None if y is None else self._as_dtype(y))
+                # Targets stay as the file holds them: the loss casts them to the model's dtype, and the
+                # metrics compare predictions with the true values, not with their float32 rounding.
+                self._splits[key] = (self._as_dtype(x), y)
 
     def set_precision(self, precision: str) -> None:
         """Serve SGD float64 rows under a 64-bit precision (``--trainer.precision 64-true``), float32 otherwise."""

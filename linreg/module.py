@@ -73,7 +73,11 @@ class LinRegModule(L.LightningModule):
             Hessian's extreme eigenvalues, from one pass over the training rows before training).
         momentum: SGD momentum, or ``auto``: with ``lr auto``, the heavy-ball momentum that goes with
             the step (optimal for the loss's condition number); with a given lr, 0 (plain SGD).
-        weight_decay: torch's SGD weight decay; it shrinks the intercept too.
+        weight_decay: torch's SGD weight decay: it shrinks the intercept too, and the exact solution
+            knows nothing of it; ``l2`` is the regression penalty.
+        l2: ridge penalty: the loss is the MSE + l2·‖W‖² (W the coefficients in the model's
+            coordinates: standardized features when standardizing; never the intercept).
+        l1: lasso penalty: + l1·‖W‖₁, by a proximal (soft-threshold) step after each SGD update.
         average: average the iterates over the second half of the epochs (Polyak-Ruppert tail
             averaging) and end with the average: what takes mini-batch SGD past its noise floor.
             ``auto``: on with mini-batches and ``lr auto``; off with full batches (which have no noise
@@ -98,6 +102,8 @@ class LinRegModule(L.LightningModule):
         lr: float | Auto = "auto",
         momentum: float | Auto = "auto",
         weight_decay: float = 0.0,
+        l2: float = 0.0,
+        l1: float = 0.0,
         average: bool | Auto = "auto",
         tol: float | Auto = "auto",
         fit_intercept: bool = True,
@@ -113,6 +119,9 @@ class LinRegModule(L.LightningModule):
             raise LinregError(f"--model.lr must be positive or auto, got {lr}")
         if momentum != "auto" and not 0 <= momentum < 1:
             raise LinregError(f"--model.momentum must be in [0, 1) or auto, got {momentum}")
+        for name, value in (("l2", l2), ("l1", l1), ("weight_decay", weight_decay)):
+            if value < 0:
+                raise LinregError(f"--model.{name} must be at least 0, got {value}")
         if tol != "auto" and tol < 0:
             raise LinregError(f"--model.tol must be at least 0 or auto, got {tol}")
         self.save_hyperparameters()
@@ -133,7 +142,6 @@ class LinRegModule(L.LightningModule):
         self.averaged = AveragedModel(self.model).requires_grad_(False) if average is not False else None
         self.average_from: int | None = None  # the first epoch averaged; None: not averaging (see ClosedForm)
         self.optimum: Any = None  # set by the ClosedForm callback
-        self.optimum_loss: float | None = None  # the optimum's training loss in the loss's units (ClosedForm)
         self.curvature: tuple[float, float] | None = None  # the loss Hessian's largest, smallest eigenvalue
         self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
@@ -159,10 +167,12 @@ class LinRegModule(L.LightningModule):
             getattr(self, name).copy_(value)
 
     @torch.no_grad()
-    def coefficients(self) -> tuple[Tensor, Tensor | None]:
-        """Weights (k × d) and intercepts (k; None without an intercept) in original units, in float64."""
-        w = self.model.lin.weight.detach().double().cpu()
-        bias = self.model.lin.bias
+    def coefficients(self, lin: torch.nn.Linear | None = None) -> tuple[Tensor, Tensor | None]:
+        """Weights (k × d) and intercepts (k; None without an intercept) in original units, in float64,
+        of the model's linear layer (or of ``lin``, e.g. the averaged copy's)."""
+        lin = lin if lin is not None else self.model.lin
+        w = lin.weight.detach().double().cpu()
+        bias = lin.bias
         b = bias.detach().double().cpu() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
         if self.hparams.standardize:
             xs, xm = self.x_scale.double().cpu(), self.x_mean.double().cpu()
@@ -261,6 +271,10 @@ class LinRegModule(L.LightningModule):
                 self.manual_backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
+                if self.hparams.l1:  # proximal step: soft-thresholding reaches exact zeros, a gradient never does
+                    with torch.no_grad():
+                        w = self.model.lin.weight
+                        w.copy_(F.softshrink(w, optimizer.param_groups[0]["lr"] * self.hparams.l1))
                 if self.average_from is not None and self.current_epoch >= self.average_from:
                     self.averaged.update_parameters(self.model)
             preds.append(pred)
@@ -292,20 +306,14 @@ class LinRegModule(L.LightningModule):
     @override
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
-        loss = self.latest.get("train/loss")
-        if loss is not None:
-            self.loss_history.append(loss)
-            if self.optimum_loss is not None and self.hparams.solver == "sgd":
-                excess = max(loss - self.optimum_loss, 0.0) / self._excess_scale
-                self._publish({"optimum/excess": excess})
-                if excess <= self._tol and self.current_epoch + 1 >= (self.trainer.min_epochs or 0):
-                    self.trainer.should_stop = True  # converged: more epochs would not change the answer
+        if "train/loss" in self.latest:
+            self.loss_history.append(self.latest["train/loss"])
         w, b = self.coefficients()
         coefs = {"w": w[0, 0]} if w.shape == (1, 1) else {"coef_norm": w.norm()}
         if w.shape == (1, 1) and b is not None:
             coefs["b"] = b[0]
         lr = self.optimizers().param_groups[0]["lr"]
-        self._publish(coefs | {"lr-SGD": lr}, also_log={"epoch": self.current_epoch})
+        self.publish(coefs | {"lr-SGD": lr}, also_log={"epoch": self.current_epoch})
         if self.hparams.solver == "lstsq":
             self.trainer.should_stop = True  # one epoch measures the solution; more would repeat it
 
@@ -320,24 +328,35 @@ class LinRegModule(L.LightningModule):
     # -- helpers -------------------------------------------------------------------------------------
 
     @property
-    def _tol(self) -> float:
+    def tolerance(self) -> float:
+        """``--model.tol`` as a number (``auto``: 1e-4 with ``lr auto``, else 0)."""
         tol = self.hparams.tol
         return (1e-4 if self.hparams.lr == "auto" else 0.0) if tol == "auto" else tol
 
-    def set_optimum_loss(self, loss: float, scale: float) -> None:
-        """The optimum's training loss, and what its excess is relative to (the loss itself, or the
-        target's spread when the optimum fits exactly): known before training, it gives the per-epoch
-        gap to the optimum and the stopping rule ``tol``."""
-        self.optimum_loss, self._excess_scale = loss, scale
+    def current_coefficients(self) -> tuple[Tensor, Tensor | None]:
+        """The coefficients the fit would end with now: the running average when averaging, else the iterate."""
+        if self.average_from is not None and self.averaged is not None and int(self.averaged.n_averaged) > 0:
+            return self.coefficients(self.averaged.module.lin)
+        return self.coefficients()
+
+    @torch.no_grad()
+    def end_with_average(self) -> None:
+        """Polyak-Ruppert: the model becomes the average of its iterates (kept running in ``averaged``)."""
+        if self.average_from is None or self.averaged is None or int(self.averaged.n_averaged) == 0:
+            return
+        for mine, avg in zip(self.model.parameters(), self.averaged.module.parameters()):
+            mine.copy_(avg)
 
     def _loss(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor]:
         """The batch's share of the global-batch mean loss, and the predictions in original units.
 
         One process: exactly ``nn.MSELoss()`` on the batch, as in the tutorial. Under DDP each rank
         holds a slice of the global batch; its summed loss scaled by world_size / (rows · targets)
-        makes DDP's gradient average equal the gradient of the global-batch mean.
+        makes DDP's gradient average equal the gradient of the global-batch mean. In training, the
+        penalties join it: ``l2·‖W‖²`` through the gradient (every rank adds it whole, and DDP averages),
+        ``l1·‖W‖₁`` only in the logged value (its step is the proximal one, see ``training_step``).
         """
-        x, y = batch["x"], batch["y"]
+        x, y = batch["x"], batch["y"].to(batch["x"].dtype)
         z = self._scaled(x)
         target = (y - self.y_mean) / self.y_scale if self.hparams.standardize_target else y
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -349,6 +368,14 @@ class LinRegModule(L.LightningModule):
             sse = F.mse_loss(z, target, reduction="sum")
             loss = sse * (world / (batch["n"] * z.shape[1]))
             row_mean = sse.detach() / max(rows * z.shape[1], 1)
+        hp = self.hparams
+        if stage == "train" and (hp.l2 or hp.l1):
+            w = self.model.lin.weight
+            if hp.l2:
+                penalty = hp.l2 * w.pow(2).sum()
+                loss, row_mean = loss + penalty, row_mean + penalty.detach()
+            if hp.l1:
+                row_mean = row_mean + hp.l1 * w.detach().abs().sum()
         getattr(self, f"{stage}_loss").update(row_mean.double(), rows)
         return loss, self._unscale(z.detach())
 
@@ -382,9 +409,9 @@ class LinRegModule(L.LightningModule):
             else:
                 values[name] = value
         collection.reset()
-        self._publish(values)
+        self.publish(values)
 
-    def _publish(self, values: dict[str, Tensor | float], also_log: dict[str, float] | None = None) -> None:
+    def publish(self, values: dict[str, Tensor | float], also_log: dict[str, float] | None = None) -> None:
         """Record epoch values in ``latest`` and write them to the logger in one call, at the step
         that counts SGD updates (``global_step``).
 

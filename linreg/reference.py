@@ -91,13 +91,17 @@ def fit_manual(
     batch_size: int | None = None,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
+    l2: float = 0.0,
+    l1: float = 0.0,
     print_every: int = 10,
 ) -> History:
     """Stages 3 and 4's loop: forward, ``nn.MSELoss``, backward, ``SGD.step``, in order, no shuffling.
 
     The epoch loss is the row-weighted mean of the batch losses, summed in float64 and rounded once
     to float32, so a full-batch epoch reports the float32 batch loss exactly (Lightning's logged
-    epoch loss is computed the same way).
+    epoch loss is computed the same way). Penalties (not in the tutorial): ``l2·‖W‖²`` joins the loss
+    before ``backward``; ``l1·‖W‖₁`` joins the reported loss, and its step is the proximal one,
+    a soft-threshold of W by lr·l1 after each update. The intercept is never penalized.
     """
     loss = nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -110,11 +114,18 @@ def fit_manual(
         total = torch.zeros((), dtype=torch.float64)
         for start in range(0, n, batch_size):
             x, y = X[start : start + batch_size], Y[start : start + batch_size]
+            weight = next(model.parameters())  # nn.Linear's weight, then its bias
             l = loss(model(x), y)  # noqa: E741
+            if l2:
+                l = l + l2 * weight.pow(2).sum()  # noqa: E741
+            reported = l.detach() + l1 * weight.detach().abs().sum() if l1 else l.detach()
             l.backward()
             optimizer.step()
             optimizer.zero_grad()
-            total += l.detach().double() * x.shape[0]
+            if l1:
+                with torch.no_grad():
+                    weight.copy_(nn.functional.softshrink(weight, lr * l1))
+            total += reported.double() * x.shape[0]
         history.losses.append((total / n).float().item())
         w, b = model.parameters()
         history.weights.append(w.detach().flatten()[0].item())

@@ -42,10 +42,14 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
     per_target = {}
     for j, t in enumerate(targets):
         fitted = _solution(w, b, features, j)
+        if hp.l1:
+            fitted["dropped"] = [f for f, v in fitted["coef"].items() if v == 0.0]
         entry: dict[str, Any] = {"fitted": fitted}
         if hp.solver == "sgd":
             entry["sgd"] = fitted
         entry["closed_form"] = None if opt is None else _solution(opt.coef, opt.intercept, features, j)
+        if opt is not None and hp.l1 and opt.dropped:
+            entry["closed_form"]["dropped"] = list(opt.dropped[j])
         entry["inference"] = inference[j] if inference else None
         per_target[t] = entry
     optimizer = trainer.optimizers[0] if trainer.optimizers else None
@@ -61,6 +65,8 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         "optimum": None
         if opt is None
         else {
+            # With penalties, these two are the penalized objective in the model's units (see ClosedForm).
+            "penalized": bool(hp.l1 or hp.l2),
             "mse": opt.mse,
             "sgd_mse": opt.sgd_mse,
             "excess": opt.excess,
@@ -185,8 +191,13 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             )
         if opt["inference_note"]:
             lines.append(f"  no standard errors: {opt['inference_note']}")
+        for t, d in s["targets"].items():
+            for name, part in (("lasso", d["closed_form"] or {}), (fitted, d["fitted"])):
+                if part.get("dropped"):
+                    lines.append(f"  {t}: the {name} solution dropped {', '.join(part['dropped'])} (coefficient 0)")
+        what = "objective (MSE + penalties, model units)" if opt["penalized"] else "mse"
         lines.append(
-            f"  optimum mse {opt['mse']:.6g}; {fitted} mse {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)"
+            f"  optimum {what} {opt['mse']:.6g}; {fitted} {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)"
         )
         if "advice" in s:
             lines.append("  " + far_from_optimum_advice(opt["excess"], s["advice"]))

@@ -58,10 +58,13 @@ def as_tensor(rows: torch.Tensor | RecordRows) -> torch.Tensor:
     return rows[0 : len(rows)] if isinstance(rows, RecordRows) else rows
 
 
-def assert_rows(rows: torch.Tensor | RecordRows, n_rows: int, n_cols: int) -> None:
-    """What training is handed: finite float32, one row per table row, one column per name."""
+def assert_rows(
+    rows: torch.Tensor | RecordRows, n_rows: int, n_cols: int, dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+) -> None:
+    """What training is handed: finite floats (features float32; targets as the file holds them, which
+    the loss casts), one row per table row, one column per name."""
     t = as_tensor(rows)
-    assert t.dtype == torch.float32, t.dtype
+    assert t.dtype in dtypes, t.dtype
     assert tuple(t.shape) == (n_rows, n_cols), (tuple(t.shape), (n_rows, n_cols))
     assert bool(torch.isfinite(t).all()), t
 
@@ -78,7 +81,7 @@ def run_stage(path: Path, n_rows: int, stage: str) -> None:
     if stage == "fit":
         batches = dm.train_dataloader()
         assert_rows(batches.x, n_rows, len(features))
-        assert_rows(batches.y, n_rows, len(targets))
+        assert_rows(batches.y, n_rows, len(targets), (torch.float32, torch.float64))
     else:
         assert_rows(dm.predict_dataloader().x, n_rows, len(features))
 
