@@ -166,3 +166,49 @@ def test_ddp_stopped_mid_epoch_resumes_bit_identical(tmp_path: Path) -> None:
     assert torch.load(last_ckpt(tmp_path), weights_only=True)["global_step"] == 16
     linreg(tmp_path, *common, "--ckpt_path", "last")
     assert all(torch.equal(a, b) for a, b in zip(weights(straight), weights(last_ckpt(tmp_path)), strict=True))
+
+
+def _summary(ckpt: Path) -> dict:
+    return json.loads((ckpt.parent / "summary.json").read_text())
+
+
+def _coefficients(summary: dict, part: str) -> np.ndarray:
+    solution = summary["targets"]["y"][part]
+    return np.array([*solution["coef"].values(), solution["intercept"]])
+
+
+@pytest.mark.parametrize("penalty", [(), ("--model.l2", "0.01")], ids=["least squares", "ridge"])
+def test_ddp_lstsq_in_float64_equals_one_process_and_the_npy_equals_the_csv(tmp_path: Path, cli, penalty) -> None:
+    """10,000 x 20 (uneven shares: batches of 3,333 rows): the two ranks' R factors, gathered, give the
+    one-process solution; the same rows from a memory-mapped structured .npy give it too."""
+    rng = np.random.default_rng(7)
+    n, d = 10_000, 20
+    x = rng.normal(size=(n, d)) * rng.uniform(0.1, 100, size=d) + rng.uniform(-1e3, 1e3, size=d)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(d)])
+    frame["y"] = x @ rng.normal(size=d) + 5.0 + rng.normal(size=n)
+    frame.to_csv(tmp_path / "t.csv", index=False, float_format="%.17g")
+    records = np.lib.format.open_memmap(
+        tmp_path / "t.npy", mode="w+", dtype=[(c, "<f8") for c in frame.columns], shape=(n,)
+    )
+    for c in frame.columns:
+        records[c] = frame[c].to_numpy()
+    records.flush()
+    del records
+    flags = ("--model.solver", "lstsq", "--trainer.precision", "64-true", "--data.batch_size", "3333", *penalty)
+    flags += ("--figures.enabled", "false")
+    common = ("fit", "--data.path", str(tmp_path / "t.csv"), *flags)
+    assert cli(*common) == 0
+    one = _summary(last_ckpt(tmp_path))
+    (tmp_path / "ddp").mkdir()
+    linreg(tmp_path / "ddp", *common, *DDP)
+    ddp = _summary(last_ckpt(tmp_path / "ddp"))
+    (tmp_path / "npy").mkdir()
+    linreg(tmp_path / "npy", "fit", "--data.path", str(tmp_path / "t.npy"), *flags)
+    npy = _summary(last_ckpt(tmp_path / "npy"))
+    tol = 1e-10 if penalty else 1e-12
+    for part in ("closed_form", "fitted"):
+        ref = _coefficients(one, part)
+        for other in (ddp, npy):
+            diff = np.max(np.abs(_coefficients(other, part) - ref) / np.abs(ref))
+            print(f"{penalty or 'least squares'} {part}: max relative difference {diff:.2e}")
+            assert diff <= tol
