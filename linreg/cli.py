@@ -132,6 +132,7 @@ class LinregCLI(LightningCLI):
                 )
         if self.subcommand == "predict":
             cfg.trainer.logger = False  # a predict run writes its file, not a log folder
+            cfg.return_predictions = False  # the writer streams them to the file; holding them costs memory
             if cfg.get("output"):
                 check_output(cfg.output, cfg.overwrite)
 

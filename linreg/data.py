@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from linreg.batches import Batches, Shuffle
 from linreg.errors import LinregError
+from linreg.streams import StreamRows
 from linreg.tables import CHUNK_ROWS, RecordRows, Rows, Table, default_names, mean_scale, read_table
 from linreg.tutorial_data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 
@@ -51,6 +52,8 @@ class LinRegData(L.LightningDataModule):
         standardize_target: standardize targets too (only with ``standardize``).
         rows_per_step: consecutive batches are grouped into one Lightning step until they hold about
             this many rows (see ``Batches``); 0 means one batch per step. Results do not change.
+        stream: read Parquet and CSV tables by row range as training goes instead of whole (see
+            ``streams``). ``auto``: folders, globs and files larger than memory comfortably holds.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class LinRegData(L.LightningDataModule):
         standardize: bool | Literal["auto"] = "auto",
         standardize_target: bool = False,
         rows_per_step: int = 262_144,
+        stream: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         # The model's hyperparameters hold the decided value (linked from ``self.standardize``); here it
@@ -123,7 +127,7 @@ class LinRegData(L.LightningDataModule):
 
     def _load(self) -> Table | None:
         if self.path is not None and self._table is None:
-            self._table = read_table(self.path)
+            self._table = read_table(self.path, self.hparams.stream)
             self._target = self._target or self._table.implied_targets or None
             if self._target is None:
                 raise LinregError(
@@ -199,10 +203,19 @@ class LinRegData(L.LightningDataModule):
                 raise LinregError(f"--data.{name} {frac} of {n} rows is no row at all: too few rows for this split")
         if n - n_test - n_val < 1:
             raise LinregError(f"{self.path}: {n} rows leave no training rows after the requested splits")
-        if (n_test or n_val) and isinstance(x, RecordRows):
+        if (n_test or n_val) and isinstance(x, (RecordRows, StreamRows)):
             raise LinregError(
-                f"{self.path}: a random split would read the whole .npy into memory; "
+                f"{self.path}: a random split would read the whole table into memory; "
                 "give --data.val_path / --data.test_path instead of fractions"
+            )
+        if isinstance(x, StreamRows) and (hp.shuffle == "rows" or (hp.shuffle == "blocks" and x.source.kind == "csv")):
+            raise LinregError(
+                f"{self.path}: a streamed {x.source.kind.upper()} table is read in row ranges, "
+                + (
+                    "in file order; use --data.shuffle none, or Parquet for shuffled epochs"
+                    if x.source.kind == "csv"
+                    else "so --data.shuffle rows would read it row by row; use blocks or none"
+                )
             )
         if n_test or n_val:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
@@ -213,7 +226,7 @@ class LinRegData(L.LightningDataModule):
             x, y = x[train_idx], y[train_idx]
         for key, path in (("val", hp.val_path), ("test", hp.test_path)):
             if path:
-                self._exact[key] = self._xy(read_table(path), need_target=True)
+                self._exact[key] = self._xy(read_table(path, hp.stream), need_target=True)
         self._exact["train"] = (x, y)
         y_mean, y_scale = mean_scale(y)
         self.target_mean = y_mean
@@ -248,6 +261,8 @@ class LinRegData(L.LightningDataModule):
     def _as_dtype(self, rows: Rows) -> Rows:
         if isinstance(rows, RecordRows):
             return rows if rows.dtype == self.dtype else RecordRows(rows.records, rows.names, self.dtype)
+        if isinstance(rows, StreamRows):
+            return rows if rows.dtype == self.dtype else StreamRows(rows.source, rows.names, self.dtype)
         return rows if rows.dtype == self.dtype else rows.to(self.dtype)
 
     def _predict_x(self) -> Rows:
@@ -303,7 +318,7 @@ class LinRegData(L.LightningDataModule):
         if "train" not in self._exact:
             return []
         x, y = self._exact["train"]
-        if isinstance(x, RecordRows):  # out of core: resident memory stays at about one training batch
+        if isinstance(x, (RecordRows, StreamRows)):  # out of core: resident memory stays at about one training batch
             batch_size = min(batch_size, self.hparams.batch_size or CHUNK_ROWS, CHUNK_ROWS)
         rank, world = self._rank()
         return Batches(x, y, batch_size, "none", 0, rank, world)
@@ -315,7 +330,7 @@ class LinRegData(L.LightningDataModule):
         rank, world = self._rank()
         hp = self.hparams
         group = max(1, hp.rows_per_step // (hp.batch_size or x.shape[0] or 1)) if key == "train" else 1
-        if isinstance(x, RecordRows):
+        if isinstance(x, (RecordRows, StreamRows)):
             group = 1  # a group would hold its rows in memory at once; out of core, one batch at a time
         if self.trainer is not None and _counts_steps(self.trainer):
             group = 1  # the user counts SGD updates: one per Lightning step, so Lightning counts them too

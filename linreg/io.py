@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from linreg.errors import LinregError
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
@@ -46,13 +46,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
-
-
-def write_table(path: str | Path, df: pd.DataFrame, overwrite: bool = False) -> Path:
-    """CSV or Parquet by the file's extension, atomically."""
-    if Path(path).suffix.lower() == ".parquet":
-        return atomic_write(path, lambda t: df.to_parquet(t, index=False), overwrite)
-    return atomic_write(path, lambda t: df.to_csv(t, index=False), overwrite)
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:

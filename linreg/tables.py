@@ -7,6 +7,7 @@ that turns a parser's complaint into a ``LinregError`` naming the file, the colu
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,11 +17,12 @@ import torch
 from torch import Tensor
 
 from linreg.errors import LinregError
+from linreg.streams import CSV, Source, StreamRows
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where a table is read: it costs a third of a second at start-up
 
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")  # and .csv.gz; folders and globs of Parquet or CSV
 
 
 def default_names(prefix: str, count: int) -> list[str]:
@@ -47,11 +49,15 @@ class Table:
         frame: pd.DataFrame | None = None,
         arrays: dict[str, tuple[np.ndarray, int]] | None = None,
         records: np.ndarray | None = None,
+        stream: Source | None = None,
         implied_targets: Sequence[str] = (),
     ) -> None:
         self.source, self.frame, self.arrays, self.records = source, frame, arrays, records
+        self.stream = stream
         self.implied_targets = list(implied_targets)
-        if frame is not None:
+        if stream is not None:
+            self.columns = stream.columns
+        elif frame is not None:
             self.columns = [str(c) for c in frame.columns]
             frame.columns = self.columns
             duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
@@ -74,6 +80,8 @@ class Table:
         return self.records.dtype.fields[name][0]
 
     def is_numeric(self, name: str) -> bool:
+        if self.stream is not None:
+            return self.stream.is_numeric(name)
         dtype = self._dtype(name)
         if getattr(dtype, "kind", "") == "c":  # complex would silently lose its imaginary part
             return False
@@ -92,6 +100,19 @@ class Table:
         return self.frame is not None and bool(pd.to_numeric(self.frame[name], errors="coerce").notna().any())
 
     def column(self, name: str) -> np.ndarray:
+        if self.stream is not None:  # one column of a streamed table (an id column): small enough to hold
+            pa = self.stream._pa
+            if self.stream.kind == "parquet":
+                return np.concatenate(
+                    [pf.read(columns=[name]).column(0).to_numpy(zero_copy_only=False) for pf in self.stream._parquet]
+                )
+            import pyarrow.csv as pc
+
+            parts = [
+                pc.read_csv(f, convert_options=pc.ConvertOptions(include_columns=[name])).column(0)
+                for f in self.stream.files
+            ]
+            return pa.chunked_array(parts).to_numpy(zero_copy_only=False)
         if self.frame is not None:
             return self.frame[name].to_numpy()
         if self.arrays is not None:
@@ -127,6 +148,10 @@ class Table:
         """
         names = list(names)
         self._check_columns(names)
+        if self.stream is not None:
+            self.stream.check(names, fit_float32 or dtype == torch.float32)
+            self.n_rows = self.stream.n_rows
+            return self.stream.rows(names, dtype or self.stream.stored_dtype(names))
         if self.records is not None:
             fields = self.records.dtype.fields
             stored = torch.float32 if all(fields[n][0] == np.float32 for n in names) else torch.float64
@@ -220,20 +245,45 @@ class RecordRows:
         return self[index.numpy()]
 
 
-def read_table(path: str | Path) -> Table:
-    """Open a table. Any failure to parse becomes a ``LinregError`` naming the file: a user's file is
-    input, and input never surfaces as a raw pandas or numpy traceback."""
-    p = Path(path)
-    if not p.is_file():
-        raise LinregError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
-    suffix = p.suffix.lower()
-    if suffix not in TABLE_SUFFIXES:
-        raise LinregError(f"{p}: unsupported file type {suffix or '(none)'!r}; expected .csv, .parquet, .npz or .npy")
+STREAM_BYTES = 1 << 30  # auto streams a file larger than this (or than an eighth of physical memory)
+
+
+def _large(p: Path) -> bool:
     try:
-        if suffix == ".npz":
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 8 * STREAM_BYTES
+    return p.stat().st_size > min(STREAM_BYTES, memory // 8)
+
+
+def read_table(path: str | Path, stream: bool | str = "auto") -> Table:
+    """Open a table. Any failure to parse becomes a ``LinregError`` naming the file: a user's file is
+    input, and input never surfaces as a raw pandas or numpy traceback.
+
+    ``stream``: read Parquet and CSV by row range as training goes (``streams``) instead of whole.
+    ``auto`` streams folders, globs and files too large to hold comfortably (``STREAM_BYTES``).
+    """
+    text = str(path)
+    many = os.path.isdir(text) or any(ch in text for ch in "*?[")
+    p = Path(path)
+    if not many and not p.is_file():
+        raise LinregError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    name = p.name.lower()
+    suffix = ".csv" if name.endswith(CSV) else p.suffix.lower()
+    if not many and suffix not in TABLE_SUFFIXES:
+        raise LinregError(
+            f"{p}: unsupported file type {suffix or '(none)'!r}; expected .csv, .csv.gz, .parquet, .npz or .npy"
+        )
+    try:
+        if suffix == ".npz" and not many:
             return _read_npz(p)
-        if suffix == ".npy":
+        if suffix == ".npy" and not many:
             return _read_npy(p)
+        if many or stream is True or (stream == "auto" and _large(p)):
+            source = Source(text)
+            if many and stream is False:
+                return _whole(text, source)
+            return Table(text, stream=source, implied_targets=["y"] if "y" in source.columns else [])
         import pandas as pd  # only for the text and Parquet formats: numpy tables start without it
 
         frame = pd.read_csv(p) if suffix == ".csv" else pd.read_parquet(p)
@@ -241,10 +291,21 @@ def read_table(path: str | Path) -> Table:
         raise
     except Exception as exc:  # any parser failure on user input is a user error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LinregError(f"{p}: cannot read as {suffix[1:]}: {reason}") from exc
+        raise LinregError(f"{p}: cannot read as {suffix[1:] or 'a table'}: {reason}") from exc
     if len(frame) == 0:
         raise LinregError(f"{p}: no data rows (columns {list(map(str, frame.columns))}, but no rows under them)")
     return Table(str(p), frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
+
+
+def _whole(path: str, source: Source) -> Table:
+    """A folder or glob of parts read into memory (``--data.stream false``), in file order."""
+    import pandas as pd
+
+    frames = [pd.read_parquet(f) if source.kind == "parquet" else pd.read_csv(f) for f in source.files]
+    frame = pd.concat(frames, ignore_index=True)
+    if len(frame) == 0:
+        raise LinregError(f"{path}: no data rows")
+    return Table(path, frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
 
 
 def _read_npz(p: Path) -> Table:
@@ -278,7 +339,7 @@ def _read_npy(p: Path) -> Table:
     return Table(str(p), records=records, implied_targets=["y"] if "y" in records.dtype.names else [])
 
 
-Rows = Tensor | RecordRows
+Rows = Tensor | RecordRows | StreamRows
 
 
 def mean_scale(x: Rows) -> tuple[Tensor, Tensor]:

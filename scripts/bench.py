@@ -78,6 +78,7 @@ TARGETS = {  # name: (threshold, "min": the value must be at least the threshold
     "c/a at 65536": (0.8, "min"),
     "time to 1% excess / sklearn fit": (2.0, "max"),
     "lstsq trainer.fit / sklearn fit": (0.5, "max"),
+    "streamed / in-memory epoch at 65536": (0.5, "min"),
     "seed whole process / raw script": (1.3, "max"),
     "peak RSS above baseline / data size": (1.5, "max"),
 }
@@ -481,6 +482,36 @@ def throughput(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namesp
     return rows
 
 
+def streaming(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """A streamed epoch (a folder of Parquet parts, row groups of 65,536, in the page cache) against the
+    same rows in memory, at the largest batch size, in one run: rows/s of training, median over epochs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batch = max(opts.batch_sizes)
+    folder = tmp / "parquet"
+    folder.mkdir()
+    names = [f"x{i}" for i in range(x.shape[1])]
+    step = math.ceil(len(x) / 4)
+    for k, start in enumerate(range(0, len(x), step)):
+        part = x[start : start + step].numpy()
+        columns = {c: part[:, j] for j, c in enumerate(names)} | {"y": y[start : start + step, 0].numpy()}
+        pq.write_table(pa.table(columns), folder / f"part-{k}.parquet", row_group_size=65_536, compression="none")
+    epochs = 1 + max(1, min(opts.max_timed_epochs, math.ceil(opts.c_rows / len(x))))
+    rates = {}
+    for label, path in (("in memory", npz), ("streamed", folder)):
+        args = fit_args(path, batch, epochs, "--figures.enabled=false")
+        cli, _ = run_linreg(args, tmp / f"stream-{label.replace(' ', '-')}")
+        rates[label] = cli.timer.rate(skip=1)
+    result = {"batch": batch, "rows_per_s": rates, "ratio": rates["streamed"] / rates["in memory"]}
+    print(
+        f"  streamed Parquet folder at batch {batch}: {rates['streamed'] / 1e6:.3g} M rows/s, in memory "
+        f"{rates['in memory'] / 1e6:.3g} M rows/s, ratio {result['ratio']:.2f}",
+        flush=True,
+    )
+    return result
+
+
 # -- seed config: time per step, whole process, import profile --------------------------------------
 
 
@@ -716,6 +747,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         "c/a at 65536": by_batch.get(65536, {}).get("c_over_a"),
         "time to 1% excess / sklearn fit": conv["fit_s"] / sk if sk and conv["reached"] else None,
         "lstsq trainer.fit / sklearn fit": result["closed_form"]["lstsq_fit_s"] / sk if sk else None,
+        "streamed / in-memory epoch at 65536": result["streaming"]["ratio"],
         "seed whole process / raw script": result["seed_process"]["ratio"],
         "peak RSS above baseline / data size": result["memory"]["above_baseline_over_data"],
     }
@@ -850,6 +882,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         npz = write_npz(tmp / "data.npz", x, y)
         print(f"data: {opts.rows:,} x {opts.dim} float32 in {npz}", flush=True)
         result["throughput"] = throughput(x, y, npz, tmp, opts)
+        print("  streamed Parquet ...", flush=True)
+        result["streaming"] = streaming(x, y, npz, tmp, opts)
         print("  seed config, whole processes ...", flush=True)
         result["seed_step"] = seed_step(tmp)
         result["seed_process"] = seed_process(tmp, opts.repeats)

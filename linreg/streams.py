@@ -1,0 +1,275 @@
+"""Tables larger than memory: Parquet files, folders and globs, and CSV (also .csv.gz), read by row range.
+
+pyarrow reads only the columns asked for, and Parquet footers give every file's and row group's row
+count without reading data, so a range of rows maps to a few row groups: each DDP rank reads exactly
+its part of each batch, no row padded or repeated. CSV has no such index: it is read front to back,
+so a streamed CSV serves rows in file order only (shuffled epochs need Parquet).
+
+Never imports Lightning; ``tables.read_table`` decides what streams.
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from linreg.errors import LinregError
+
+PARQUET = (".parquet", ".pq")
+CSV = (".csv", ".csv.gz")
+CSV_BLOCK = 1 << 22  # bytes of CSV text per block read: about 100,000 rows of 30 numbers
+
+
+def _kind(path: str) -> str | None:
+    name = path.lower()
+    if name.endswith(PARQUET):
+        return "parquet"
+    if name.endswith(CSV):
+        return "csv"
+    return None
+
+
+def expand(path: str) -> list[str]:
+    """The files of a table: a file, every Parquet/CSV file under a folder, or a glob's matches, sorted."""
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path, recursive=True))
+        where = f"the pattern {path!r}"
+    elif os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+        where = f"the folder {path}"
+    else:
+        return [path]
+    files = [f for f in files if _kind(f)]
+    if not files:
+        raise LinregError(f"{where} holds no .parquet or .csv files")
+    kinds = {_kind(f) for f in files}
+    if len(kinds) > 1:
+        raise LinregError(f"{where} mixes Parquet and CSV files; give one kind")
+    return files
+
+
+class Source:
+    """One streamed table: its files in order, their columns, and (once counted) their rows."""
+
+    def __init__(self, path: str) -> None:
+        import pyarrow as pa
+
+        self.path, self.files = path, expand(path)
+        self.kind = _kind(self.files[0])
+        self._pa = pa
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                self._parquet = [pq.ParquetFile(f) for f in self.files]
+            except Exception as exc:
+                raise LinregError(f"{path}: cannot read as Parquet: {_reason(exc)}") from exc
+            self.schema = self._parquet[0].schema_arrow
+            for f, pf in zip(self.files, self._parquet):
+                if pf.schema_arrow.names != self.schema.names:
+                    raise LinregError(
+                        f"{f}: columns {pf.schema_arrow.names} differ from {self.files[0]}'s {self.schema.names}"
+                    )
+            self.groups = [
+                [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)] for pf in self._parquet
+            ]
+            self.counts: list[int] | None = [sum(g) for g in self.groups]
+        else:
+            self.schema = self._csv_schema(self.files[0])
+            self.counts = None  # known after the first pass (``check``)
+        self.columns = list(self.schema.names)
+        duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if duplicated:
+            raise LinregError(f"{self.files[0]}: duplicate column names {duplicated}")
+
+    def _csv_schema(self, file: str) -> Any:
+        import pyarrow.csv as pc
+
+        try:
+            with pc.open_csv(file, read_options=pc.ReadOptions(block_size=1 << 16)) as reader:
+                return reader.schema
+        except Exception as exc:
+            raise LinregError(f"{file}: cannot read as CSV: {_reason(exc)}") from exc
+
+    @property
+    def n_rows(self) -> int:
+        assert self.counts is not None, "count the rows first (check)"
+        return sum(self.counts)
+
+    def is_numeric(self, name: str) -> bool:
+        t = self.schema.field(name).type
+        pa = self._pa
+        return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
+
+    def stored_dtype(self, names: Sequence[str]) -> torch.dtype:
+        pa = self._pa
+        single = all(self.schema.field(n).type == pa.float32() for n in names)
+        return torch.float32 if single and self.kind == "parquet" else torch.float64
+
+    # -- one pass: value checks (and, for CSV, the row counts) ----------------------------------------
+
+    def check(self, names: Sequence[str], to_float32: bool) -> None:
+        """Read every row of ``names`` once and name the first NaN, inf, text or (for float32 training)
+        out-of-range value by file, column and 1-based row of that file."""
+        counts = []
+        for file, blocks in zip(self.files, self._blocks_per_file(names)):
+            rows = 0
+            for block in blocks:
+                values = block
+                bad = ~np.isfinite(values)
+                if to_float32:
+                    bad |= np.abs(np.where(bad, 0, values)) > np.finfo(np.float32).max
+                if bad.any():
+                    r, c = (int(v[0]) for v in np.nonzero(bad))
+                    shown = values[r, c]
+                    what = "too large for float32" if np.isfinite(shown) else str(shown)
+                    raise LinregError(f"{file}: column {names[c]!r} row {rows + r + 1} is {what}")
+                rows += len(values)
+            counts.append(rows)
+        if not sum(counts):
+            raise LinregError(f"{self.path}: no data rows (columns {self.columns}, but no rows under them)")
+        self.counts = counts
+
+    def _blocks_per_file(self, names: Sequence[str]) -> Iterator[Iterator[np.ndarray]]:
+        for i, file in enumerate(self.files):
+            if self.kind == "parquet":
+                pf = self._parquet[i]
+                yield (_matrix(pf.read_row_group(g, columns=list(names)), names) for g in range(pf.num_row_groups))
+            else:
+                yield self._csv_blocks(file, names)
+
+    def _csv_blocks(self, file: str, names: Sequence[str]) -> Iterator[np.ndarray]:
+        import pyarrow.csv as pc
+
+        pa = self._pa
+        convert = pc.ConvertOptions(include_columns=list(names), column_types={n: pa.float64() for n in names})
+        rows = 0
+        try:
+            with pc.open_csv(file, read_options=pc.ReadOptions(block_size=CSV_BLOCK), convert_options=convert) as r:
+                for batch in r:
+                    rows += batch.num_rows
+                    yield _matrix(batch, names)
+        except pa.ArrowInvalid as exc:  # text in a number column: find where, to name it
+            raise LinregError(self._csv_text(file, names, rows) or f"{file}: {_reason(exc)}") from exc
+
+    def _csv_text(self, file: str, names: Sequence[str], skip: int) -> str | None:
+        """The first cell after ``skip`` rows that is not a number, as a message naming file, column and row."""
+        import pyarrow.csv as pc
+
+        pa = self._pa
+        convert = pc.ConvertOptions(include_columns=list(names), column_types={n: pa.string() for n in names})
+        with pc.open_csv(file, read_options=pc.ReadOptions(block_size=CSV_BLOCK), convert_options=convert) as r:
+            rows = 0
+            for batch in r:
+                if rows + batch.num_rows > skip:
+                    for j, name in enumerate(names):
+                        for k, cell in enumerate(batch.column(j).to_pylist()):
+                            if cell is not None and not _number(cell):
+                                return f"{file}: column {name!r} is not numeric (row {rows + k + 1}: {cell!r})"
+                rows += batch.num_rows
+        return None
+
+    # -- reading a range --------------------------------------------------------------------------
+
+    def rows(self, names: Sequence[str], dtype: torch.dtype) -> StreamRows:
+        return StreamRows(self, names, dtype)
+
+
+class StreamRows:
+    """Rows ``[start:stop]`` of a streamed table's columns as a tensor, read on demand.
+
+    Parquet: the row groups that hold the range, the last one kept for the next range (consecutive
+    batches usually share it), so memory stays at about a row group and a batch. CSV: read front to
+    back, restarting only when asked for rows before the current position.
+    """
+
+    def __init__(self, source: Source, names: Sequence[str], dtype: torch.dtype) -> None:
+        self.source, self.names, self.dtype = source, list(names), dtype
+        self.shape = (source.n_rows, len(self.names))
+        self._np = np.float32 if dtype == torch.float32 else np.float64
+        self._starts = np.concatenate([[0], np.cumsum(source.counts)]).tolist()  # first row of each file
+        self._cache: tuple[Any, int, np.ndarray] | None = None  # (key, first row, rows) of the last block read
+        self._csv: tuple[int, Iterator[np.ndarray], int] | None = None  # (file, blocks, next row) of the CSV scan
+        if source.kind == "parquet":
+            self._group_starts = []  # global first row of each (file, row group), in order
+            self._group_keys = []
+            for i, (start, sizes) in enumerate(zip(self._starts, source.groups)):
+                offset = start
+                for g, size in enumerate(sizes):
+                    self._group_starts.append(offset)
+                    self._group_keys.append((i, g))
+                    offset += size
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> Tensor:
+        if not isinstance(rows, slice):
+            raise LinregError("streamed tables are read in row ranges; use --data.shuffle blocks or none")
+        start, stop, _ = rows.indices(self.shape[0])
+        out = np.empty((max(stop - start, 0), len(self.names)), dtype=self._np)
+        filled = 0
+        while start + filled < stop:
+            first, block = self._block(start + filled)
+            take = min(stop - start - filled, first + len(block) - (start + filled))
+            out[filled : filled + take] = block[start + filled - first : start + filled - first + take]
+            filled += take
+        return torch.from_numpy(out)
+
+    def _block(self, row: int) -> tuple[int, np.ndarray]:
+        """A block of rows holding ``row``: (its first row, its values)."""
+        if self._cache is not None and self._cache[1] <= row < self._cache[1] + len(self._cache[2]):
+            return self._cache[1], self._cache[2]
+        if self.source.kind == "parquet":
+            k = bisect.bisect_right(self._group_starts, row) - 1
+            file, group = self._group_keys[k]
+            table = self.source._parquet[file].read_row_group(group, columns=self.names)
+            self._cache = ((file, group), self._group_starts[k], _matrix(table, self.names, self._np))
+        else:
+            file = bisect.bisect_right(self._starts, row) - 1
+            if self._csv is None or self._csv[0] != file or self._csv[2] > row:
+                self._csv = (file, self.source._csv_blocks(self.source.files[file], self.names), self._starts[file])
+            _, blocks, first = self._csv
+            while True:
+                block = next(blocks)
+                self._csv = (file, blocks, first + len(block))
+                if row < first + len(block):
+                    self._cache = (None, first, block)
+                    break
+                first += len(block)
+        return self._cache[1], self._cache[2]
+
+    def index_select(self, dim: int, index: Tensor) -> Tensor:
+        raise LinregError(
+            f"{self.source.path}: a streamed table is read in row ranges; --data.shuffle rows would read it "
+            "row by row: use --data.shuffle blocks (Parquet) or none"
+        )
+
+
+def _matrix(table: Any, names: Sequence[str], dtype: Any = np.float64) -> np.ndarray:
+    """Arrow columns as one n × len(names) array (one conversion); nulls become NaN (named by ``check``)."""
+    out = np.empty((table.num_rows, len(names)), dtype=dtype)
+    for j, name in enumerate(names):
+        out[:, j] = table.column(name).to_numpy(zero_copy_only=False)
+    return out
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,161 @@
+"""Tables larger than memory (issue 16): Parquet files, folders and globs, and CSV, streamed through
+pyarrow, give the numbers of the same rows in memory; bad values are named by file and row; fit and
+predict keep resident memory bounded by a batch, not the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from linreg.module import LinRegModule
+from tests.helpers import ROOT, last_ckpt
+
+D = 5
+COLUMNS = [f"x{i}" for i in range(D)] + ["y"]
+
+
+def make(rows: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, D)).astype(np.float32) * np.float32(3) + np.float32(10)
+    y = (x @ rng.normal(size=D) + 3 + 0.1 * rng.normal(size=rows)).astype(np.float32)
+    return pd.DataFrame(np.column_stack([x, y]), columns=COLUMNS)
+
+
+def write_parts(frame: pd.DataFrame, folder: Path, parts: int, row_group: int = 4096) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, chunk in enumerate(np.array_split(np.arange(len(frame)), parts)):
+        table = pa.Table.from_pandas(frame.iloc[chunk], preserve_index=False)
+        pq.write_table(table, folder / f"part-{k:03d}.parquet", row_group_size=row_group)
+    return folder
+
+
+def fit(cli, where: Path, *flags: str) -> dict:
+    where.mkdir(exist_ok=True)
+    here = os.getcwd()
+    os.chdir(where)
+    try:
+        base = ("--figures.enabled", "false", "--trainer.max_epochs", "3", "--data.batch_size", "1000")
+        assert cli("fit", *base, "--data.shuffle", "none", "--model.lr", "0.01", *flags) == 0
+        return json.loads((last_ckpt(where).parent / "summary.json").read_text())
+    finally:
+        os.chdir(here)
+
+
+def coef(summary: dict, part: str) -> np.ndarray:
+    solution = summary["targets"]["y"][part]
+    return np.array([*solution["coef"].values(), solution["intercept"]])
+
+
+def assert_same(a: dict, b: dict, sgd: float, closed: float) -> None:
+    for part, tol in (("fitted", sgd), ("closed_form", closed)):
+        diff = np.max(np.abs(coef(a, part) - coef(b, part)) / np.abs(coef(a, part)))
+        print(f"{part}: max relative difference {diff:.2e}")
+        assert diff <= tol
+
+
+def test_streamed_parquet_folder_glob_and_csv_equal_the_table_held_whole(cli, workdir) -> None:
+    frame = make(30_000).astype(np.float64)  # float64 text round-trips: the CSV holds the Parquet's values
+    frame.to_parquet(workdir / "whole.parquet", index=False)
+    write_parts(frame, workdir / "parts", parts=3)
+    frame.to_csv(workdir / "whole.csv", index=False)
+    in_memory = fit(cli, workdir / "mem", "--data.path", str(workdir / "whole.parquet"))
+    folder = fit(cli, workdir / "folder", "--data.path", str(workdir / "parts"))
+    pattern = fit(cli, workdir / "glob", "--data.path", str(workdir / "parts" / "part-*.parquet"))
+    csv = fit(cli, workdir / "csv", "--data.path", str(workdir / "whole.csv"), "--data.stream", "true")
+    assert_same(in_memory, folder, sgd=1e-6, closed=1e-10)
+    assert_same(folder, pattern, sgd=0.0, closed=0.0)
+    assert_same(folder, csv, sgd=1e-6, closed=1e-10)  # CSV streamed equals Parquet streamed
+
+
+def test_a_nan_in_the_third_part_is_named_with_file_and_row(cli, workdir, capsys) -> None:
+    frame = make(3 * 130_000)
+    frame.loc[2 * 130_000 + 123_456, "x3"] = np.nan  # row 123,457 of the third part
+    write_parts(frame, workdir / "parts", parts=3, row_group=50_000)
+    assert cli("fit", "--data.path", "parts", "--trainer.max_epochs", "1") == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == "linreg: error: parts/part-002.parquet: column 'x3' row 123457 is nan"
+    assert not list(workdir.glob("lightning_logs/*/checkpoints/*.ckpt"))  # before any checkpoint
+
+
+def test_text_in_a_streamed_csv_is_named(cli, workdir, capsys) -> None:
+    frame = make(5000)
+    text = frame.to_csv(index=False).splitlines()
+    text[4001] = text[4001].replace(text[4001].split(",")[1], "oops", 1)  # row 4001, column x1
+    (workdir / "t.csv").write_text("\n".join(text) + "\n")
+    assert cli("fit", "--data.path", "t.csv", "--data.stream", "true", "--data.shuffle", "none") == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "t.csv: column 'x1' is not numeric (row 4001: 'oops')" in line
+
+
+def test_streamed_csv_needs_file_order(cli, workdir, capsys) -> None:
+    make(100).to_csv(workdir / "t.csv", index=False)
+    assert cli("fit", "--data.path", "t.csv", "--data.stream", "true") == 1  # default shuffle: blocks
+    assert "--data.shuffle none" in capsys.readouterr().err
+
+
+RSS = """
+import sys
+def rss(key):
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(key)))
+from linreg.cli import main
+base = rss("VmRSS:")
+try:
+    main(sys.argv[1:])
+finally:
+    print(f"RSS base={base} peak={rss('VmHWM:')}")
+"""
+
+
+def peak_above_base(cwd: Path, *args: str) -> int:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", RSS, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RSS"))
+    base, peak = (int(part.split("=")[1]) for part in line.split()[1:])
+    return (peak - base) * 1024
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_table(tmp_path: Path) -> None:
+    """Fit and predict on Parquet folders of about 300 MiB and 15 MiB (same row groups, 33 float32 columns):
+    peak resident memory within 96 MiB of each other, and the predictions complete and in order."""
+    rng = np.random.default_rng(1)
+    names = [f"x{i}" for i in range(32)]
+    w = rng.normal(size=32).astype(np.float32)
+    sizes = {"big": 2_300_000, "small": 115_000}
+    grown = {}
+    for label, rows in sizes.items():
+        folder = tmp_path / label
+        folder.mkdir()
+        for k, start in enumerate(range(0, rows, 500_000)):
+            n = min(500_000, rows - start)
+            x = rng.normal(size=(n, 32)).astype(np.float32)
+            table = pa.table({**{c: x[:, j] for j, c in enumerate(names)}, "y": x @ w + np.float32(0.5)})
+            pq.write_table(table, folder / f"part-{k}.parquet", row_group_size=65_536, compression="none")
+        fit_flags = ("--data.batch_size", "65536", "--trainer.max_epochs", "1", "--figures.enabled", "false")
+        fit_grown = peak_above_base(folder, "fit", "--data.path", str(folder), *fit_flags)
+        ckpt = str(next(folder.glob("lightning_logs/*/checkpoints/last.ckpt")))
+        predict = ("predict", "--ckpt_path", ckpt, "--data.path", str(folder), "--data.batch_size", "65536")
+        predict_grown = peak_above_base(folder, *predict, "--output", str(tmp_path / f"{label}.csv"))
+        written = pd.read_csv(tmp_path / f"{label}.csv")["y"].to_numpy()
+        first = pq.read_table(folder / "part-0.parquet").slice(0, 5).to_pandas()
+        assert len(written) == rows
+        model = LinRegModule.load_from_checkpoint(ckpt, map_location="cpu")
+        expected = model(torch.tensor(first[names].to_numpy(np.float32))).detach().numpy()[:, 0]
+        assert np.allclose(written[:5], expected, rtol=1e-6)  # the first rows come first
+        grown[label] = (fit_grown, predict_grown)
+        print(f"{label}: {rows} rows, fit +{fit_grown / 2**20:.0f} MiB, predict +{predict_grown / 2**20:.0f} MiB")
+    for stage in (0, 1):
+        assert abs(grown["big"][stage] - grown["small"][stage]) <= 96 * 2**20
