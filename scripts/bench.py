@@ -466,6 +466,9 @@ def throughput(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namesp
         b = lightning_rate(TinyModule(d), plain, 1, max(2, min(len(plain), math.ceil(opts.b_rows / batch))))
         cli, _ = run_linreg(fit_args(npz, batch, epochs), tmp / f"c{batch}")
         c = cli.timer.rate(skip=1)
+        # The same run with Polyak-Ruppert averaging from the first epoch: what averaging costs per epoch.
+        averaged, _ = run_linreg(fit_args(npz, batch, epochs, "--model.average=true"), tmp / f"avg{batch}")
+        c_avg = averaged.timer.rate(skip=1)
         rates = {"a": a, "floor": floor, "fused": fused, "b": b, "c": c}
         rows.append(
             {
@@ -474,11 +477,13 @@ def throughput(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namesp
                 "ms_per_step": {k: 1e3 * batch / v for k, v in rates.items()},
                 "c_over_a": c / a,
                 "c_over_b": c / b,
+                "averaging_rows_per_s": c_avg,
+                "averaging_cost_per_epoch_s": n / c_avg - n / c,
                 "c_epoch_seconds": cli.timer.seconds(),
             }
         )
         line = "  ".join(f"{k} {v / 1e6:.3g}" for k, v in rates.items())
-        print(f"  batch {batch:>6}: {line} M rows/s", flush=True)
+        print(f"  batch {batch:>6}: {line} M rows/s; c with averaging {c_avg / 1e6:.3g}", flush=True)
     return rows
 
 

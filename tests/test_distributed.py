@@ -202,13 +202,16 @@ def test_ddp_lstsq_in_float64_equals_one_process_and_the_npy_equals_the_csv(tmp_
     (tmp_path / "ddp").mkdir()
     linreg(tmp_path / "ddp", *common, *DDP)
     ddp = _summary(last_ckpt(tmp_path / "ddp"))
-    (tmp_path / "npy").mkdir()
-    linreg(tmp_path / "npy", "fit", "--data.path", str(tmp_path / "t.npy"), *flags)
-    npy = _summary(last_ckpt(tmp_path / "npy"))
+    others = [ddp]
+    if not penalty:  # the same rows memory-mapped from a structured .npy, in this process
+        (tmp_path / "npy").mkdir()
+        os.chdir(tmp_path / "npy")
+        assert cli("fit", "--data.path", str(tmp_path / "t.npy"), *flags) == 0
+        others.append(_summary(last_ckpt(tmp_path / "npy")))
     tol = 1e-10 if penalty else 1e-12
     for part in ("closed_form", "fitted"):
         ref = _coefficients(one, part)
-        for other in (ddp, npy):
+        for other in others:
             diff = np.max(np.abs(_coefficients(other, part) - ref) / np.abs(ref))
             print(f"{penalty or 'least squares'} {part}: max relative difference {diff:.2e}")
             assert diff <= tol
