@@ -24,7 +24,7 @@ from torch import Tensor, nn
 import linreg
 from linreg.checkpoints import find_last_checkpoint, load_checkpoint
 from linreg.errors import LinregError
-from linreg.io import atomic_write
+from linreg.io import atomic_write, check_output
 from linreg.tables import default_names
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
@@ -88,14 +88,7 @@ def export(ckpt_path: str | Path, output: str | Path, overwrite: bool = False) -
 
 def check_export_output(out: Path, overwrite: bool) -> str:
     """The format from the extension; refuse what we could not or should not write, one line each."""
-    fmt = FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise LinregError(f"--output {out}: the file name must end in .onnx (ONNX) or .pt2 (torch.export)")
-    if out.exists() and not overwrite:
-        raise LinregError(f"--output {out} already exists; pass --overwrite true to replace it")
-    if not out.parent.is_dir():
-        raise LinregError(f"--output {out}: folder {out.parent} does not exist")
-    return fmt
+    return FORMATS[check_output(out, overwrite, tuple(FORMATS)).suffix.lower()]
 
 
 def require_onnx_stack(out: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +17,11 @@ if TYPE_CHECKING:
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
-def check_output(path: str | Path, overwrite: bool) -> Path:
+def check_output(path: str | Path, overwrite: bool, suffixes: Sequence[str] = OUTPUT_SUFFIXES) -> Path:
     """Refuse an output we could not or should not write, before any work is done."""
     p = Path(path)
-    if p.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise LinregError(f"--output {p}: the file name must end in .csv or .parquet")
+    if p.suffix.lower() not in suffixes:
+        raise LinregError(f"--output {p}: the file name must end in {' or '.join(suffixes)}")
     if p.exists() and not overwrite:
         raise LinregError(f"--output {p} already exists; pass --overwrite true to replace it")
     if not p.parent.exists():

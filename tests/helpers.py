@@ -9,6 +9,21 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = str(ROOT / "configs" / "seed.yaml")
+NIST = ROOT.parent / "shared" / "data" / "nist"  # NIST's StRD linear regression problems, beside the checkout
+# Correct digits (LRE) linreg must reach per NIST problem: the best float64 peer's minus 2, at most 9.
+NIST_GOAL = {
+    "Norris": 9,
+    "Pontius": 9,
+    "NoInt1": 9,
+    "NoInt2": 9,
+    "Filip": 6,
+    "Longley": 8,
+    "Wampler1": 7,
+    "Wampler2": 9,
+    "Wampler3": 7,
+    "Wampler4": 5,
+    "Wampler5": 3,
+}
 
 
 def last_ckpt(root: Path) -> Path:

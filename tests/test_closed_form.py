@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,22 +11,7 @@ import pytest
 import torch
 
 from linreg.closed_form import LeastSquares, Optimum
-
-NIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "nist"
-# Digits NIST's certified coefficients must be matched to, per problem (the worst coefficient).
-REQUIRED_LRE = {
-    "Norris": 9,
-    "Pontius": 9,
-    "NoInt1": 9,
-    "NoInt2": 9,
-    "Filip": 6,
-    "Longley": 8,
-    "Wampler1": 7,
-    "Wampler2": 9,
-    "Wampler3": 7,
-    "Wampler4": 5,
-    "Wampler5": 3,
-}
+from tests.helpers import NIST, NIST_GOAL
 
 
 def fit(x: np.ndarray, y: np.ndarray, batch: int = 7, pred: np.ndarray | None = None, **kw) -> LeastSquares:
@@ -83,19 +67,19 @@ def diabetes() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 @pytest.mark.parametrize("batch", [7, 10_000])
-@pytest.mark.parametrize("name", list(REQUIRED_LRE))
+@pytest.mark.parametrize("name", list(NIST_GOAL))
 def test_nist_certified_values(nist: dict[str, dict], name: str, batch: int) -> None:
     spec = nist[name]
     opt = fit(spec["x"], spec["y"], batch=batch, fit_intercept=spec["intercept"]).solve(spec["features"])
     digits = min(lre(e, c) for e, c in zip(params(opt), spec["coefficients"]))
-    assert digits >= REQUIRED_LRE[name], f"{name}: {digits:.1f} correct digits"
+    assert digits >= NIST_GOAL[name], f"{name}: {digits:.1f} correct digits"
     inf = opt.inference[0]
     assert lre(inf["sigma"], spec["residual_sd"]) >= 6
     assert lre(inf["r2"], spec["r_squared"]) >= 6
     if spec["residual_sd"] > 0:  # Wampler1 fits exactly: its standard errors are 0
         se = [inf["intercept"]["se"]] if spec["intercept"] else []
         se += [inf["coef"][f]["se"] for f in spec["features"]]
-        assert min(lre(e, c) for e, c in zip(se, spec["coefficient_sd"])) >= REQUIRED_LRE[name] - 2
+        assert min(lre(e, c) for e, c in zip(se, spec["coefficient_sd"])) >= NIST_GOAL[name] - 2
 
 
 def assert_same_as_statsmodels(opt: Optimum, x: np.ndarray, y: np.ndarray, names: list[str], j: int = 0) -> None:

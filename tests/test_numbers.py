@@ -11,23 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import ROOT, last_ckpt
+from tests.helpers import NIST, NIST_GOAL, ROOT, last_ckpt
 
-NIST = ROOT.parent / "shared" / "data" / "nist"
-# The best float64 peer's LRE minus 2, at most 9 (the goals).
-GOAL = {
-    "Norris": 9,
-    "Pontius": 9,
-    "NoInt1": 9,
-    "NoInt2": 9,
-    "Filip": 6,
-    "Longley": 8,
-    "Wampler1": 7,
-    "Wampler2": 9,
-    "Wampler3": 7,
-    "Wampler4": 5,
-    "Wampler5": 3,
-}
 needs_nist = pytest.mark.skipif(not (NIST / "certified.json").exists(), reason=f"NIST StRD data not found at {NIST}")
 
 
@@ -57,20 +42,20 @@ def no_intercept(name: str) -> tuple[str, ...]:
 
 
 @needs_nist
-@pytest.mark.parametrize("name", list(GOAL))
+@pytest.mark.parametrize("name", list(NIST_GOAL))
 def test_nist_closed_form_with_default_flags(name, cli, workdir) -> None:
     cert = certified(name)
     assert cli("fit", "--data.path", str(NIST / cert["csv"]), "--data.target", "y", *no_intercept(name)) == 0
     s = summary(workdir)["targets"]["y"]
     got = lre(solution(s["closed_form"], cert), np.array(cert["coefficients"]))
-    print(f"{name}: LRE {got:.1f} (goal {GOAL[name]})")
-    assert got >= GOAL[name]
+    print(f"{name}: LRE {got:.1f} (goal {NIST_GOAL[name]})")
+    assert got >= NIST_GOAL[name]
     if not cert["intercept"]:
         assert s["closed_form"]["intercept"] is None and s["fitted"]["intercept"] is None
 
 
 @needs_nist
-@pytest.mark.parametrize("name", list(GOAL))
+@pytest.mark.parametrize("name", list(NIST_GOAL))
 def test_nist_lstsq_in_float64_fits_and_predicts_the_certified_model(name, cli, workdir) -> None:
     cert = certified(name)
     table = NIST / cert["csv"]
@@ -78,7 +63,7 @@ def test_nist_lstsq_in_float64_fits_and_predicts_the_certified_model(name, cli, 
     assert cli("fit", "--data.path", str(table), "--data.target", "y", *flags, *no_intercept(name)) == 0
     s = summary(workdir)["targets"]["y"]
     truth = np.array(cert["coefficients"])
-    assert lre(solution(s["fitted"], cert), truth) >= GOAL[name]
+    assert lre(solution(s["fitted"], cert), truth) >= NIST_GOAL[name]
     ckpt = last_ckpt(workdir)
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert state["model.lin.weight"].dtype == torch.float64
