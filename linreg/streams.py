@@ -274,7 +274,7 @@ class StreamRows:
                 block = next(blocks)
                 self._csv = (file, blocks, first + len(block))
                 if row < first + len(block):
-                    self._keep((None, first, block))
+                    self._keep((None, first, block.astype(self._np, order="F", copy=False)))
                     break
                 first += len(block)
         return self._cache[-1][1], self._cache[-1][2]
