@@ -120,8 +120,10 @@ class Checkpoint(ModelCheckpoint):
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_signals()
-        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # Always: an epoch's checkpoint may already hold this step, but the model the fit ends with can
+        # differ from it (ClosedForm puts the average of the iterates in after the last epoch).
+        self._last_global_step_saved = -1
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -163,6 +165,7 @@ class PredictionWriter(BasePredictionWriter):
         self.ids, self.id_column, self.overwrite = ids, id_column, overwrite
         self._out: _TableFile | None = None
         self._part: _TableFile | None = None
+        self._id_type: Any = None
 
     def _part_path(self, rank: int) -> Path:
         return self.output.parent / f".{self.output.name}.part{rank}.parquet.tmp"
@@ -206,7 +209,11 @@ class PredictionWriter(BasePredictionWriter):
     def _columns(self, index: np.ndarray, pred: np.ndarray, with_index: bool = False) -> dict[str, Any]:
         columns: dict[str, Any] = {"__index__": index} if with_index else {}
         if self.ids is not None and not with_index:
-            columns[self.id_column] = self.ids[index]
+            import pyarrow as pa
+
+            if self._id_type is None:  # from the whole column: a first batch of missing ids would say "null"
+                self._id_type = pa.array(self.ids, from_pandas=True).type
+            columns[self.id_column] = pa.array(self.ids[index], type=self._id_type, from_pandas=True)
         columns |= {name: pred[:, j] for j, name in enumerate(self.target_names)}
         return columns
 

@@ -72,7 +72,8 @@ class Optimum:
         for scale in (self.mse, self.target_var, self.target_ms):
             if scale > 1e-9 * max(self.target_var, self.target_ms, 1e-30):
                 return max(self.sgd_mse - self.mse, 0.0) / scale
-        return 0.0 if self.sgd_mse <= self.mse else float("inf")
+        # A target that is exactly 0: an SGD error at rounding level is no gap.
+        return 0.0 if self.sgd_mse <= max(self.mse, 1e-12) else float("inf")
 
 
 class LeastSquares:
@@ -499,6 +500,11 @@ class ClosedForm(L.Callback):
         average = hp.average if hp.average != "auto" else minibatch and hp.lr == "auto"
         if average and hp.solver == "sgd" and pl_module.averaged is not None:
             pl_module.average_from = (trainer.max_epochs or 0) // 2 if (trainer.max_epochs or -1) > 0 else 0
+        saved, pl_module.resumed_averaging = pl_module.resumed_averaging, None
+        if saved and hp.solver == "sgd":  # a resumed fit: averaging as it was, SGD from its last iterate
+            pl_module.average_from = saved["from"]
+            if saved["iterate"] is not None:
+                pl_module.model.load_state_dict(saved["iterate"])
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -21,6 +21,8 @@ from linreg.streams import StreamRows
 from linreg.tables import CHUNK_ROWS, RecordRows, Rows, Table, default_names, mean_scale, read_table
 from linreg.tutorial_data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 
+OUT_OF_CORE_BATCH = 65_536  # rows per batch when evaluating or predicting a table read from disk
+
 
 def _counts_steps(trainer: L.Trainer) -> bool:
     """Whether a trainer limit counts training steps (which are groups of updates, see ``Batches``)."""
@@ -208,15 +210,6 @@ class LinRegData(L.LightningDataModule):
                 f"{self.path}: a random split would read the whole table into memory; "
                 "give --data.val_path / --data.test_path instead of fractions"
             )
-        if isinstance(x, StreamRows) and (hp.shuffle == "rows" or (hp.shuffle == "blocks" and x.source.kind == "csv")):
-            raise LinregError(
-                f"{self.path}: a streamed {x.source.kind.upper()} table is read in row ranges, "
-                + (
-                    "in file order; use --data.shuffle none, or Parquet for shuffled epochs"
-                    if x.source.kind == "csv"
-                    else "so --data.shuffle rows would read it row by row; use blocks or none"
-                )
-            )
         if n_test or n_val:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
             test_idx, val_idx = perm[:n_test].sort().values, perm[n_test : n_test + n_val].sort().values
@@ -243,6 +236,8 @@ class LinRegData(L.LightningDataModule):
             return
         if "train" not in self._exact:
             self._split()
+        if stage == "fit":
+            self._check_out_of_core(self._exact["train"][0])
         if stage in ("validate", "test"):
             key = "val" if stage == "validate" else "test"
             if key not in self._exact:
@@ -253,6 +248,26 @@ class LinRegData(L.LightningDataModule):
                 # Targets stay as the file holds them: the loss casts them to the model's dtype, and the
                 # metrics compare predictions with the true values, not with their float32 rounding.
                 self._splits[key] = (self._as_dtype(x), y)
+
+    def _check_out_of_core(self, x: Rows) -> None:
+        """Training on rows read from disk as it goes: batches bounded, and an order the format can serve."""
+        hp = self.hparams
+        if not isinstance(x, (RecordRows, StreamRows)):
+            return
+        if hp.batch_size is None:
+            raise LinregError(
+                f"{self.path}: a table read from disk as training goes needs --data.batch_size "
+                "(a full batch would hold the whole table in memory at once), e.g. 65536"
+            )
+        if isinstance(x, StreamRows) and (hp.shuffle == "rows" or (hp.shuffle == "blocks" and x.source.kind == "csv")):
+            raise LinregError(
+                f"{self.path}: a streamed {x.source.kind.upper()} table is read in row ranges, "
+                + (
+                    "in file order; use --data.shuffle none, or Parquet for shuffled epochs"
+                    if x.source.kind == "csv"
+                    else "so --data.shuffle rows would read it row by row; use blocks or none"
+                )
+            )
 
     def set_precision(self, precision: str) -> None:
         """Serve SGD float64 rows under a 64-bit precision (``--trainer.precision 64-true``), float32 otherwise."""
@@ -330,11 +345,13 @@ class LinRegData(L.LightningDataModule):
         rank, world = self._rank()
         hp = self.hparams
         group = max(1, hp.rows_per_step // (hp.batch_size or x.shape[0] or 1)) if key == "train" else 1
+        batch_size = hp.batch_size
         if isinstance(x, (RecordRows, StreamRows)):
             group = 1  # a group would hold its rows in memory at once; out of core, one batch at a time
+            batch_size = batch_size or OUT_OF_CORE_BATCH  # evaluating and predicting: any batch gives the same
         if self.trainer is not None and _counts_steps(self.trainer):
             group = 1  # the user counts SGD updates: one per Lightning step, so Lightning counts them too
-        return Batches(x, y, hp.batch_size, shuffle, hp.seed, rank, world, with_index, group)
+        return Batches(x, y, batch_size, shuffle, hp.seed, rank, world, with_index, group)
 
     @override
     def train_dataloader(self) -> Batches | list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -49,4 +50,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    return atomic_write(path, lambda t: t.write_text(json.dumps(data, indent=2) + "\n"))
+    """Strict JSON: a non-finite number (an infinite t statistic, say) is written as null, not ``Infinity``."""
+    text = json.dumps(_finite(data), indent=2, allow_nan=False)
+    return atomic_write(path, lambda t: t.write_text(text + "\n"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

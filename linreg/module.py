@@ -141,6 +141,8 @@ class LinRegModule(L.LightningModule):
         # Polyak-Ruppert averaging of the iterates; its copy of the weights is not trained (no grad).
         self.averaged = AveragedModel(self.model).requires_grad_(False) if average is not False else None
         self.average_from: int | None = None  # the first epoch averaged; None: not averaging (see ClosedForm)
+        self.iterate: dict[str, Tensor] | None = None  # the last SGD iterate, once the model holds the average
+        self.resumed_averaging: dict[str, Any] | None = None
         self.optimum: Any = None  # set by the ClosedForm callback
         self.curvature: tuple[float, float] | None = None  # the loss Hessian's largest, smallest eigenvalue
         self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
@@ -237,6 +239,13 @@ class LinRegModule(L.LightningModule):
         precision = str(self.trainer.precision) if self._trainer is not None else ""
         if weight is not None and weight.dtype == torch.float64 and precision.startswith("64"):
             self.double()
+        self.resumed_averaging = checkpoint.get("linreg_averaging")  # for ClosedForm, if this is a resumed fit
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Averaging's state beyond the averaged weights: where it started, and, once the fit has ended
+        with the average, the last iterate, which a continued fit carries on from."""
+        checkpoint["linreg_averaging"] = {"from": self.average_from, "iterate": self.iterate}
 
     @override
     def on_train_start(self) -> None:
@@ -344,6 +353,7 @@ class LinRegModule(L.LightningModule):
         """Polyak-Ruppert: the model becomes the average of its iterates (kept running in ``averaged``)."""
         if self.average_from is None or self.averaged is None or int(self.averaged.n_averaged) == 0:
             return
+        self.iterate = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         for mine, avg in zip(self.model.parameters(), self.averaged.module.parameters()):
             mine.copy_(avg)
 
@@ -381,7 +391,10 @@ class LinRegModule(L.LightningModule):
 
     def _update_metrics(self, stage: str, pred: Tensor, y: Tensor) -> None:
         center = self.y_center.to(pred.device)
-        getattr(self, f"{stage}_metrics").update(pred.double() - center, y.double() - center)
+        # contiguous: streamed rows come column-major, and torchmetrics reshapes with view()
+        getattr(self, f"{stage}_metrics").update(
+            (pred.double() - center).contiguous(), (y.double() - center).contiguous()
+        )
 
     def _evaluate(self, batch: list[dict[str, Any]], stage: str) -> None:
         for view in batch:

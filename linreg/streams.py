@@ -25,6 +25,7 @@ from linreg.errors import LinregError
 
 PARQUET = (".parquet", ".pq")
 CSV = (".csv", ".csv.gz")
+OPEN_FILES = 16  # Parquet files kept open at once
 CSV_BLOCK = 1 << 22  # bytes of CSV text per block read: about 100,000 rows of 30 numbers
 
 
@@ -43,7 +44,13 @@ def expand(path: str) -> list[str]:
         files = sorted(glob.glob(path, recursive=True))
         where = f"the pattern {path!r}"
     elif os.path.isdir(path):
-        files = sorted(str(p) for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+        # Like pyarrow: no part of the path under the folder may start with "." or "_" (.ipynb_checkpoints,
+        # _temporary, _SUCCESS), or a stray copy would be read as more rows.
+        files = sorted(
+            str(p)
+            for p in Path(path).rglob("*")
+            if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+        )
         where = f"the folder {path}"
     else:
         return [path]
@@ -86,30 +93,44 @@ class Source:
         self.path, self.files = path, expand(path)
         self.kind = _kind(self.files[0])
         self._pa = pa
+        self._open: dict[int, Any] = {}  # a few open Parquet files; a folder may hold more than the fd limit
         if self.kind == "parquet":
             import pyarrow.parquet as pq
 
-            try:
-                self._parquet = [pq.ParquetFile(f) for f in self.files]
-            except Exception as exc:
-                raise LinregError(f"{path}: cannot read as Parquet: {_reason(exc)}") from exc
-            self.schema = self._parquet[0].schema_arrow
-            for f, pf in zip(self.files, self._parquet):
-                if pf.schema_arrow.names != self.schema.names:
-                    raise LinregError(
-                        f"{f}: columns {pf.schema_arrow.names} differ from {self.files[0]}'s {self.schema.names}"
-                    )
-            self.groups = [
-                [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)] for pf in self._parquet
-            ]
+            metas = []
+            for f in self.files:  # footers only: row counts and schemas, without reading data
+                try:
+                    metas.append(pq.read_metadata(f))
+                except Exception as exc:
+                    raise LinregError(f"{f}: cannot read as Parquet: {_reason(exc)}") from exc
+            schemas = [m.schema.to_arrow_schema() for m in metas]
+            self.schema = schemas[0]
+            for f, schema in zip(self.files, schemas):
+                if schema.names != self.schema.names:
+                    raise LinregError(f"{f}: columns {schema.names} differ from {self.files[0]}'s {self.schema.names}")
+            self._schemas = schemas
+            self.groups = [[m.row_group(i).num_rows for i in range(m.num_row_groups)] for m in metas]
             self.counts: list[int] | None = [sum(g) for g in self.groups]
         else:
-            self.schema = self._csv_schema(self.files[0])
+            # Types from the first part with rows: a header-only part types every column null.
+            self.schema = next((s for s in map(self._csv_schema, self.files) if _typed(s)), None)
+            self.schema = self.schema or self._csv_schema(self.files[0])
+            self._schemas = [self.schema]
             self.counts = None  # known after the first pass (``check``)
         self.columns = list(self.schema.names)
         duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
         if duplicated:
             raise LinregError(f"{self.files[0]}: duplicate column names {duplicated}")
+
+    def parquet(self, i: int) -> Any:
+        """File ``i`` opened for reading; at most ``OPEN_FILES`` stay open."""
+        import pyarrow.parquet as pq
+
+        if i not in self._open:
+            if len(self._open) >= OPEN_FILES:
+                self._open.pop(next(iter(self._open))).close()
+            self._open[i] = pq.ParquetFile(self.files[i])
+        return self._open[i]
 
     def _csv_schema(self, file: str) -> Any:
         import pyarrow.csv as pc
@@ -132,7 +153,7 @@ class Source:
 
     def stored_dtype(self, names: Sequence[str]) -> torch.dtype:
         pa = self._pa
-        single = all(self.schema.field(n).type == pa.float32() for n in names)
+        single = all(schema.field(n).type == pa.float32() for schema in self._schemas for n in names)
         return torch.float32 if single and self.kind == "parquet" else torch.float64
 
     # -- one pass: value checks (and, for CSV, the row counts) ----------------------------------------
@@ -143,7 +164,7 @@ class Source:
         counts = []
         for file, blocks in zip(self.files, self._blocks_per_file(names)):
             rows = 0
-            for block in blocks:
+            for block in _named(file, blocks):
                 values = block
                 bad = ~np.isfinite(values)
                 if to_float32:
@@ -162,7 +183,7 @@ class Source:
     def _blocks_per_file(self, names: Sequence[str]) -> Iterator[Iterator[np.ndarray]]:
         for i, file in enumerate(self.files):
             if self.kind == "parquet":
-                pf = self._parquet[i]
+                pf = self.parquet(i)
                 columns = list(names)
                 yield (
                     _matrix(pf.read_row_group(g, columns=columns, use_threads=False), names)
@@ -191,16 +212,40 @@ class Source:
 
         pa = self._pa
         convert = pc.ConvertOptions(include_columns=list(names), column_types={n: pa.string() for n in names})
-        with pc.open_csv(file, read_options=pc.ReadOptions(block_size=CSV_BLOCK), convert_options=convert) as r:
-            rows = 0
-            for batch in r:
-                if rows + batch.num_rows > skip:
-                    for j, name in enumerate(names):
-                        for k, cell in enumerate(batch.column(j).to_pylist()):
-                            if cell is not None and not _number(cell):
-                                return f"{file}: column {name!r} is not numeric (row {rows + k + 1}: {cell!r})"
-                rows += batch.num_rows
+        try:
+            with pc.open_csv(file, read_options=pc.ReadOptions(block_size=CSV_BLOCK), convert_options=convert) as r:
+                rows = 0
+                for batch in r:
+                    if rows + batch.num_rows > skip:
+                        for j, name in enumerate(names):
+                            for k, cell in enumerate(batch.column(j).to_pylist()):
+                                if cell is not None and not _number(cell):
+                                    return f"{file}: column {name!r} is not numeric (row {rows + k + 1}: {cell!r})"
+                    rows += batch.num_rows
+        except pa.ArrowException:  # not a text cell but a malformed file: the caller names the file
+            return None
         return None
+
+    def column(self, name: str) -> np.ndarray:
+        """One whole column (an id column passed through to predictions), as the files hold it, as text
+        when the parts disagree on its type."""
+        import pyarrow.csv as pc
+
+        pa = self._pa
+        parts = []
+        for i, file in enumerate(self.files):
+            try:
+                if self.kind == "parquet":
+                    parts.append(self.parquet(i).read(columns=[name]).column(0))
+                else:
+                    convert = pc.ConvertOptions(include_columns=[name], column_types={name: pa.string()})
+                    parts.append(pc.read_csv(file, convert_options=convert).column(0))
+            except Exception as exc:
+                raise LinregError(f"{file}: cannot read column {name!r}: {_reason(exc)}") from exc
+        types = {p.type for p in parts}
+        if len(types) > 1:
+            parts = [p.cast(pa.string()) for p in parts]
+        return pa.chunked_array(parts).to_numpy(zero_copy_only=False)
 
     # -- reading a range --------------------------------------------------------------------------
 
@@ -263,7 +308,7 @@ class StreamRows:
             k = bisect.bisect_right(self._group_starts, row) - 1
             file, group = self._group_keys[k]
             # One thread: pyarrow's pool of readers lost to the training step for the two cores (measured).
-            table = self.source._parquet[file].read_row_group(group, columns=self.names, use_threads=False)
+            table = self.source.parquet(file).read_row_group(group, columns=self.names, use_threads=False)
             self._keep(((file, group), self._group_starts[k], _matrix(table, self.names, self._np)))
         else:
             file = bisect.bisect_right(self._starts, row) - 1
@@ -288,6 +333,23 @@ class StreamRows:
             f"{self.source.path}: a streamed table is read in row ranges; --data.shuffle rows would read it "
             "row by row: use --data.shuffle blocks (Parquet) or none"
         )
+
+
+def _named(file: str, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Blocks of one file, with any failure to read or convert them (a missing column, text in a
+    Parquet column, a ragged CSV row) as one line naming the file."""
+    try:
+        yield from blocks
+    except LinregError:
+        raise
+    except Exception as exc:
+        raise LinregError(f"{file}: cannot read: {_reason(exc)}") from exc
+
+
+def _typed(schema: Any) -> bool:
+    import pyarrow as pa
+
+    return not any(pa.types.is_null(t) for t in schema.types)
 
 
 def _matrix(table: Any, names: Sequence[str], dtype: Any = np.float64, order: str = "F") -> np.ndarray:

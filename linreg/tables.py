@@ -101,18 +101,7 @@ class Table:
 
     def column(self, name: str) -> np.ndarray:
         if self.stream is not None:  # one column of a streamed table (an id column): small enough to hold
-            pa = self.stream._pa
-            if self.stream.kind == "parquet":
-                return np.concatenate(
-                    [pf.read(columns=[name]).column(0).to_numpy(zero_copy_only=False) for pf in self.stream._parquet]
-                )
-            import pyarrow.csv as pc
-
-            parts = [
-                pc.read_csv(f, convert_options=pc.ConvertOptions(include_columns=[name])).column(0)
-                for f in self.stream.files
-            ]
-            return pa.chunked_array(parts).to_numpy(zero_copy_only=False)
+            return self.stream.column(name)
         if self.frame is not None:
             return self.frame[name].to_numpy()
         if self.arrays is not None:

@@ -218,3 +218,12 @@ def test_other_precisions_work_or_are_refused_in_one_line(precision, cli, workdi
         assert status == 1 and err[-1].startswith("linreg: error: --trainer.precision") and "64-true" in err[-1]
     else:
         assert status == 0
+
+
+def test_an_all_zero_target_is_an_exact_fit_in_strict_json(cli, workdir) -> None:
+    rng = np.random.default_rng(4)
+    pd.DataFrame({"x": rng.normal(size=50), "y": np.zeros(50)}).to_csv(workdir / "t.csv", index=False)
+    assert cli("fit", "--data.path", "t.csv", "--trainer.max_epochs", "20") == 0
+    text = (last_ckpt(workdir).parent / "summary.json").read_text()
+    s = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    assert s["optimum"]["excess"] == 0.0 and "advice" not in s

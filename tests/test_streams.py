@@ -97,10 +97,43 @@ def test_text_in_a_streamed_csv_is_named(cli, workdir, capsys) -> None:
     assert "t.csv: column 'x1' is not numeric (row 4001: 'oops')" in line
 
 
-def test_streamed_csv_needs_file_order(cli, workdir, capsys) -> None:
+def test_streamed_training_needs_bounded_batches_and_an_order_the_format_serves(cli, workdir, capsys) -> None:
     make(100).to_csv(workdir / "t.csv", index=False)
-    assert cli("fit", "--data.path", "t.csv", "--data.stream", "true") == 1  # default shuffle: blocks
+    stream = ("--data.path", "t.csv", "--data.stream", "true")
+    assert cli("fit", *stream) == 1  # a full batch would hold the table in memory
+    assert "needs --data.batch_size" in capsys.readouterr().err
+    assert cli("fit", *stream, "--data.batch_size", "10") == 1  # default shuffle: blocks
     assert "--data.shuffle none" in capsys.readouterr().err
+    assert cli("fit", *stream, "--data.batch_size", "10", "--data.shuffle", "none", "--trainer.max_epochs", "2") == 0
+    assert cli("test", *stream, "--ckpt_path", "last") == 0  # evaluating needs neither
+
+
+def test_folder_details_multi_target_validation_and_predict_ids(cli, workdir, capsys) -> None:
+    """Hidden and _temporary parts are not rows; a float64 part keeps its digits beside float32 ones;
+    a streamed validation table with two targets; predictions carry an id column with missing ids."""
+    frame = make(3000)
+    frame["z"] = frame["y"] * 2 - 1
+    frame["id"] = [f"r{i}" if i % 7 else None for i in range(len(frame))]
+    write_parts(frame, workdir / "parts", parts=3)
+    for junk in (".ipynb_checkpoints", "_temporary"):
+        write_parts(frame.iloc[:10], workdir / "parts" / junk, parts=1)
+    part = pq.read_table(workdir / "parts" / "part-002.parquet").to_pandas()
+    part["x0"] = part["x0"].astype(np.float64) + 1e-9  # digits float32 cannot hold
+    pq.write_table(pa.Table.from_pandas(part, preserve_index=False), workdir / "parts" / "part-002.parquet")
+    write_parts(frame.iloc[:500], workdir / "val", parts=2)
+    common = ("--data.path", "parts", "--data.target", "[y,z]", "--data.id_column", "id", "--data.batch_size", "700")
+    flags = ("--data.val_path", "val", "--trainer.max_epochs", "2", "--figures.enabled", "false")
+    assert cli("fit", *common, *flags) == 0
+    summary = json.loads((last_ckpt(workdir).parent / "summary.json").read_text())
+    assert summary["rows"] == 3000  # not the 10 rows of each junk folder
+    assert "val/r2" in summary["metrics"]
+    ckpt = str(last_ckpt(workdir))
+    assert (
+        cli("predict", "--ckpt_path", ckpt, "--data.path", "parts", "--data.id_column", "id", "--output", "p.csv") == 0
+    )
+    written = pd.read_csv(workdir / "p.csv")
+    assert list(written.columns) == ["id", "y", "z"] and len(written) == 3000
+    assert written["id"].isna().sum() == frame["id"].isna().sum() and written["id"].iloc[1] == "r1"
 
 
 RSS = """
