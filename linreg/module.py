@@ -437,7 +437,7 @@ class LinRegModule(L.LightningModule):
         direct: dict[str, float] = dict(also_log or {})
         for key, value in values.items():
             self.latest[key] = direct[key] = float(value)
-            if key in ("train/loss", "optimum/excess") or key.startswith("val/"):
+            if key == "train/loss" or key.startswith("val/"):
                 self.log(key, torch.as_tensor(float(value), dtype=torch.float32), on_epoch=True, logger=False)
         if self.logger is not None and not self.trainer.sanity_checking:
             self.logger.log_metrics(direct, step=self.global_step)
