@@ -497,6 +497,13 @@ class ClosedForm(L.Callback):
         lr, momentum = auto_step(big, small, hp.lr, hp.momentum, batch if minibatch else None, r2)
         for group in pl_module.optimizers().param_groups:
             group["lr"], group["momentum"] = lr, momentum
+        bias = pl_module.model.lin.bias
+        if hp.lr == "auto" and hp.standardize and bias is not None and trainer.ckpt_path is None:
+            # Standardized features are centred, so the optimal intercept is the target's mean (0 for a
+            # standardized target): starting there skips the longest part of the descent (Longley: 466
+            # epochs to 1e-4 from the random start, fewer than 300 from here).
+            with torch.no_grad():
+                bias.copy_(torch.zeros_like(bias) if hp.standardize_target else pl_module.y_center.to(bias))
         average = hp.average if hp.average != "auto" else minibatch and hp.lr == "auto"
         if average and hp.solver == "sgd" and pl_module.averaged is not None:
             pl_module.average_from = (trainer.max_epochs or 0) // 2 if (trainer.max_epochs or -1) > 0 else 0

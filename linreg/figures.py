@@ -7,6 +7,7 @@ leaves a notebook's backend alone, and no figure stays registered in pyplot to l
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from typing_extensions import override
 
@@ -203,7 +205,13 @@ class FitFigures(L.Callback):
         folder = Path(ckpt.dirpath if ckpt is not None and ckpt.dirpath else trainer.log_dir or ".")
         folder.mkdir(parents=True, exist_ok=True)
         for name, fig in figures.items():
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png")  # rendered once, for the file and for TensorBoard
+            png = buffer.getvalue()
+            (folder / f"{name}.png").write_bytes(png)
             if isinstance(trainer.logger, TensorBoardLogger):
-                trainer.logger.experiment.add_figure(f"fit/{name}", fig, global_step=trainer.global_step, close=False)
-            fig.savefig(folder / f"{name}.png")
+                width, height = (int(v) for v in fig.canvas.get_width_height())
+                image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+                summary = Summary(value=[Summary.Value(tag=f"fit/{name}", image=image)])
+                trainer.logger.experiment.file_writer.add_summary(summary, trainer.global_step)
         figures.clear()  # pyplot never saw these figures, so dropping them is all the closing they need

@@ -117,7 +117,7 @@ def test_the_gap_to_the_optimum_is_logged_every_epoch(cli, workdir) -> None:
     logged = scalars(last_ckpt(workdir).parents[1])
     excess = [v for _, v in logged["optimum/excess"]]
     assert len(excess) == len(logged["train/loss"]) > 1
-    assert excess[0] > 1e-4 >= excess[-1]  # it stopped once within --model.tol (auto: 1e-4)
+    assert excess[0] > 1e-3 >= excess[-1]  # it stopped once within --model.tol (auto: 1e-3)
 
 
 @pytest.mark.parametrize(
