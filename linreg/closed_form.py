@@ -498,7 +498,7 @@ class ClosedForm(L.Callback):
         for group in pl_module.optimizers().param_groups:
             group["lr"], group["momentum"] = lr, momentum
         bias = pl_module.model.lin.bias
-        if hp.lr == "auto" and hp.standardize and bias is not None and trainer.ckpt_path is None:
+        if hp.solver == "sgd" and hp.lr == "auto" and hp.standardize and bias is not None and not trainer.ckpt_path:
             # Standardized features are centred, so the optimal intercept is the target's mean (0 for a
             # standardized target): starting there skips the longest part of the descent (Longley: 466
             # epochs to 1e-4 from the random start, fewer than 300 from here).
