@@ -148,6 +148,23 @@ class LeastSquares:
         a[o:, m:].sub_(self.shift[:, None]).div_(self.scale[:, None])
         self.R = torch.linalg.qr(a.mT, mode="r").R
 
+    def gram(self, x_mean: Tensor, x_scale: Tensor) -> Tensor:
+        """AᵀA of the design in the model's coordinates, A = [(x − x_mean)/x_scale, 1] (the ones column
+        last, as the bias; none without an intercept), from R, without another pass over the rows: with
+        B = [1, (x − shift)/scale] the design R factors, A = B·T for a T that only rescales and shifts."""
+        o, d = int(self.fit_intercept), self.d
+        design = self.R[: o + d, : o + d]
+        mean = x_mean.to(design) if self.fit_intercept else torch.zeros_like(self.shift[:d])
+        spread = x_scale.to(design)
+        t = torch.zeros(o + d, d + o, dtype=torch.float64, device=design.device)
+        columns = torch.arange(d, device=design.device)
+        t[o + columns, columns] = self.scale[:d] / spread
+        if o:
+            t[0, :d] = (self.shift[:d] - mean) / spread
+            t[0, d] = 1.0
+        rt = design @ t
+        return rt.T @ rt
+
     def state(self) -> Tensor:
         """Everything a rank holds, as one flat float64 tensor of a fixed length (one collective, not seven)."""
         head = torch.tensor([self.rows, self.pred_rows], dtype=torch.float64, device=self.R.device)
@@ -465,18 +482,9 @@ class ClosedForm(L.Callback):
         hp = pl_module.hparams
         device = pl_module.device
         ls = LeastSquares(hp.in_features, hp.out_features, hp.fit_intercept, hp.l2, hp.l1, device=device)
-        d = hp.in_features + int(hp.fit_intercept)
-        gram = torch.zeros(d, d, dtype=torch.float64, device=device)
-        x_mean, x_scale = pl_module.x_mean.double(), pl_module.x_scale.double()
         for view in _exact_views(trainer):
-            x, y = view["x"].to(device), view["y"].to(device)
-            ls.update(x, y)
-            z = (x.double() - x_mean) / x_scale if hp.standardize else x.double()
-            if hp.fit_intercept:
-                z = torch.cat([z, torch.ones(len(z), 1, dtype=torch.float64, device=device)], dim=1)
-            gram += z.T @ z
+            ls.update(view["x"].to(device), view["y"].to(device))
         if trainer.world_size > 1:
-            gram = trainer.strategy.reduce(gram, reduce_op="sum")
             ls.all_gather(trainer.strategy.all_gather)
         self.least_squares = ls
         optimum = ls.solve(hp.feature_names, *self._scales(pl_module))
@@ -485,6 +493,10 @@ class ClosedForm(L.Callback):
             pl_module.set_coefficients(optimum.coef, optimum.intercept)
         n = optimum.n
         # The Hessian of nn.MSELoss (a mean over rows and targets) in the model's own coordinates.
+        standardized = hp.standardize
+        x_mean = pl_module.x_mean.double() if standardized else torch.zeros(hp.in_features, dtype=torch.float64)
+        x_scale = pl_module.x_scale.double() if standardized else torch.ones(hp.in_features, dtype=torch.float64)
+        gram = ls.gram(x_mean, x_scale)
         hessian = gram * (2.0 / (n * hp.out_features))
         hessian.diagonal()[: hp.in_features] += 2.0 * hp.l2  # the ridge penalty's curvature (not the intercept's)
         eig = torch.linalg.eigvalsh(hessian)
