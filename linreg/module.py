@@ -276,9 +276,9 @@ class LinRegModule(L.LightningModule):
         """
         optimizer = self.optimizers()
         sgd = self.hparams.solver == "sgd"
-        preds, targets = [], []
+        preds, targets, means = [], [], []
         for view in batch:
-            loss, pred = self._loss(view, "train")
+            loss, pred, mean = self._loss(view, "train")
             if not torch.isfinite(loss):
                 raise LinregError(
                     f"training diverged: the loss became {loss.item()} at epoch {self.current_epoch}, step "
@@ -298,7 +298,10 @@ class LinRegModule(L.LightningModule):
                     self.averaged.update_parameters(self.model)
             preds.append(pred)
             targets.append(view["y"])
+            means.append(mean)
         # One metric update per group: the same rows and predictions, a fraction of the calls.
+        rows = torch.tensor([len(view["x"]) for view in batch], dtype=torch.float64, device=means[0].device)
+        self.train_loss.update(torch.stack(means), rows)
         self._update_metrics("train", torch.cat(preds), torch.cat(targets))
         if self.hparams.log_step_loss and self.logger is not None:
             self.logger.log_metrics({"train/loss_step": float(loss)}, step=self.global_step)
@@ -367,7 +370,7 @@ class LinRegModule(L.LightningModule):
         for mine, avg in zip(self.model.parameters(), self.averaged.module.parameters()):
             mine.copy_(avg)
 
-    def _loss(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor]:
+    def _loss(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
         """The batch's share of the global-batch mean loss, and the predictions in original units.
 
         One process: exactly ``nn.MSELoss()`` on the batch, as in the tutorial. Under DDP each rank
@@ -396,8 +399,7 @@ class LinRegModule(L.LightningModule):
                 loss, row_mean = loss + penalty, row_mean + penalty.detach()
             if hp.l1:
                 row_mean = row_mean + hp.l1 * w.detach().abs().sum()
-        getattr(self, f"{stage}_loss").update(row_mean.double(), rows)
-        return loss, self._unscale(z.detach())
+        return loss, self._unscale(z.detach()), row_mean.double()
 
     def _update_metrics(self, stage: str, pred: Tensor, y: Tensor) -> None:
         center = self.y_center.to(pred.device)
@@ -408,7 +410,8 @@ class LinRegModule(L.LightningModule):
 
     def _evaluate(self, batch: list[dict[str, Any]], stage: str) -> None:
         for view in batch:
-            _, pred = self._loss(view, stage)
+            _, pred, mean = self._loss(view, stage)
+            getattr(self, f"{stage}_loss").update(mean, len(view["x"]))
             self._update_metrics(stage, pred, view["y"])
 
     def _log_epoch(self, stage: str) -> None:
