@@ -227,6 +227,7 @@ NOISE = (
     r".*does not have many workers.*",  # batches are tensor slices, no workers needed
     r".*infer the batch indices.*",  # rows carry their own index (see PredictionWriter)
     r".*sync_dist=True.*",  # epoch values are already reduced over ranks (torchmetrics) before self.log
+    r".*overridden `transfer_batch_to_device`.*",  # linreg's own, on the module: intended
 )
 
 

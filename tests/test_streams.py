@@ -192,3 +192,27 @@ def test_memory_does_not_grow_with_the_table(tmp_path: Path) -> None:
         print(f"{label}: {rows} rows, fit +{fit_grown / 2**20:.0f} MiB, predict +{predict_grown / 2**20:.0f} MiB")
     for stage in (0, 1):
         assert abs(grown["big"][stage] - grown["small"][stage]) <= 96 * 2**20
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_a_streamed_folder_equals_one_process(cli, workdir) -> None:
+    """Each rank reads its own slice of every global batch from the Parquet parts: the weights and the
+    closed form equal the one-process fit's."""
+    write_parts(make(7_001), workdir / "parts", parts=3, row_group=1000)
+    one = fit(cli, workdir / "one", "--data.path", str(workdir / "parts"))
+    (workdir / "ddp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    flags = ("--figures.enabled", "false", "--trainer.max_epochs", "3", "--data.batch_size", "1000")
+    flags += ("--data.shuffle", "none", "--model.lr", "0.01", "--data.path", str(workdir / "parts"))
+    ddp = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
+    done = subprocess.run(
+        [sys.executable, "-m", "linreg.cli", "fit", *flags, *ddp],
+        cwd=workdir / "ddp",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((last_ckpt(workdir / "ddp").parent / "summary.json").read_text())
+    assert_same(one, two, sgd=1e-6, closed=1e-10)
