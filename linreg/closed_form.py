@@ -471,7 +471,7 @@ class ClosedForm(L.Callback):
     gives the least-squares solution and the curvature of the training loss. From them: the automatic
     step and momentum (``--model.lr auto``), the gap to the optimum after every epoch and the stopping
     rule (``--model.tol``), and, with ``--model.solver lstsq``, the model's weights themselves. After
-    training, a second pass measures the trained model against the optimum.
+    training the same R factor measures the trained model against the optimum, with no second pass.
 
     A callback rather than module code: the module holds the steps, the metrics and the optimizer;
     this is a measurement of the fit, like the figures.
@@ -512,8 +512,8 @@ class ClosedForm(L.Callback):
         bias = pl_module.model.lin.bias
         if hp.solver == "sgd" and hp.lr == "auto" and hp.standardize and bias is not None and not trainer.ckpt_path:
             # Standardized features are centred, so the optimal intercept is the target's mean (0 for a
-            # standardized target): starting there skips the longest part of the descent (Longley: 466
-            # epochs to 1e-4 from the random start, fewer than 300 from here).
+            # standardized target): starting there skips part of the descent (Longley: 466 epochs to a
+            # 1e-4 gap from the random start, 388 from here).
             with torch.no_grad():
                 bias.copy_(torch.zeros_like(bias) if hp.standardize_target else pl_module.y_center.to(bias))
         average = hp.average if hp.average != "auto" else minibatch and hp.lr == "auto"
