@@ -102,7 +102,7 @@ class Source:
                 try:
                     metas.append(pq.read_metadata(f))
                 except Exception as exc:
-                    raise LinregError(f"{f}: cannot read as Parquet: {_reason(exc)}") from exc
+                    raise LinregError(f"{f}: cannot read as Parquet: {reason(exc)}") from exc
             schemas = [m.schema.to_arrow_schema() for m in metas]
             self.schema = schemas[0]
             for f, schema in zip(self.files, schemas):
@@ -139,7 +139,7 @@ class Source:
             with pc.open_csv(file, read_options=pc.ReadOptions(block_size=1 << 16)) as reader:
                 return reader.schema
         except Exception as exc:
-            raise LinregError(f"{file}: cannot read as CSV: {_reason(exc)}") from exc
+            raise LinregError(f"{file}: cannot read as CSV: {reason(exc)}") from exc
 
     @property
     def n_rows(self) -> int:
@@ -165,16 +165,8 @@ class Source:
         for file, blocks in zip(self.files, self._blocks_per_file(names)):
             rows = 0
             for block in _named(file, blocks):
-                values = block
-                bad = ~np.isfinite(values)
-                if to_float32:
-                    bad |= np.abs(np.where(bad, 0, values)) > np.finfo(np.float32).max
-                if bad.any():
-                    r, c = (int(v[0]) for v in np.nonzero(bad))
-                    shown = values[r, c]
-                    what = "too large for float32" if np.isfinite(shown) else str(shown)
-                    raise LinregError(f"{file}: column {names[c]!r} row {rows + r + 1} is {what}")
-                rows += len(values)
+                check_finite(block, names, file, rows, to_float32)
+                rows += len(block)
             counts.append(rows)
         if not sum(counts):
             raise LinregError(f"{self.path}: no data rows (columns {self.columns}, but no rows under them)")
@@ -204,7 +196,7 @@ class Source:
                     rows += batch.num_rows
                     yield _matrix(batch, names)
         except pa.ArrowInvalid as exc:  # text in a number column: find where, to name it
-            raise LinregError(self._csv_text(file, names, rows) or f"{file}: {_reason(exc)}") from exc
+            raise LinregError(self._csv_text(file, names, rows) or f"{file}: {reason(exc)}") from exc
 
     def _csv_text(self, file: str, names: Sequence[str], skip: int) -> str | None:
         """The first cell after ``skip`` rows that is not a number, as a message naming file, column and row."""
@@ -241,7 +233,7 @@ class Source:
                     convert = pc.ConvertOptions(include_columns=[name], column_types={name: pa.string()})
                     parts.append(pc.read_csv(file, convert_options=convert).column(0))
             except Exception as exc:
-                raise LinregError(f"{file}: cannot read column {name!r}: {_reason(exc)}") from exc
+                raise LinregError(f"{file}: cannot read column {name!r}: {reason(exc)}") from exc
         types = {p.type for p in parts}
         if len(types) > 1:
             parts = [p.cast(pa.string()) for p in parts]
@@ -335,6 +327,21 @@ class StreamRows:
         )
 
 
+def check_finite(exact: np.ndarray, names: Sequence[str], source: str, offset: int, to_float32: bool) -> None:
+    """Name the first NaN, inf (or, when the rows become float32, value beyond float32) by column and 1-based row.
+
+    Shared by tables held whole (``tables``) and streamed ones: one rule, one message."""
+    bad = ~np.isfinite(exact)
+    if to_float32 and exact.dtype != np.float32:
+        bad |= np.abs(np.where(bad, 0, exact)) > np.finfo(np.float32).max
+    bad_rows, bad_cols = np.nonzero(bad)
+    if bad_rows.size:
+        r, c = int(bad_rows[0]), int(bad_cols[0])
+        shown = exact[r, c]
+        what = "too large for float32" if np.isfinite(shown) else str(shown)
+        raise LinregError(f"{source}: column {names[c]!r} row {offset + r + 1} is {what}")
+
+
 def _named(file: str, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """Blocks of one file, with any failure to read or convert them (a missing column, text in a
     Parquet column, a ragged CSV row) as one line naming the file."""
@@ -343,7 +350,7 @@ def _named(file: str, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     except LinregError:
         raise
     except Exception as exc:
-        raise LinregError(f"{file}: cannot read: {_reason(exc)}") from exc
+        raise LinregError(f"{file}: cannot read: {reason(exc)}") from exc
 
 
 def _typed(schema: Any) -> bool:
@@ -368,6 +375,7 @@ def _number(text: str) -> bool:
     return True
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """An exception's first line, for a one-line error."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from linreg.errors import LinregError
-from linreg.streams import CSV, Source, StreamRows
+from linreg.streams import CSV, Source, StreamRows, check_finite, reason
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where a table is read: it costs a third of a second at start-up
@@ -147,7 +147,7 @@ class Table:
             exact = RecordRows(self.records, names, stored)
             for start in range(0, self.n_rows, CHUNK_ROWS):
                 chunk = exact[start : start + CHUNK_ROWS].numpy()
-                _check_finite(chunk, names, self.source, start, fit_float32 or dtype == torch.float32)
+                check_finite(chunk, names, self.source, start, fit_float32 or dtype == torch.float32)
             return RecordRows(self.records, names, dtype or stored)
         if self.arrays is not None:
             array, first = self.arrays[names[0]]
@@ -163,25 +163,12 @@ class Table:
         want = {None: exact.dtype, torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}[dtype]
         for start in range(0, exact.shape[0], CHUNK_ROWS):
             to_float32 = fit_float32 or want == np.float32
-            _check_finite(exact[start : start + CHUNK_ROWS], names, self.source, start, to_float32)
+            check_finite(exact[start : start + CHUNK_ROWS], names, self.source, start, to_float32)
         values = np.ascontiguousarray(exact, dtype=want)
         return torch.from_numpy(values if values.flags.writeable else values.copy())
 
 
 CHUNK_ROWS = 1 << 13  # small chunks: bigger temporaries stay cached by the allocator (measured)
-
-
-def _check_finite(exact: np.ndarray, names: Sequence[str], source: str, offset: int, to_float32: bool) -> None:
-    """Name the first NaN, inf (or, when the rows become float32, value beyond float32) by column and 1-based row."""
-    bad = ~np.isfinite(exact)
-    if to_float32 and exact.dtype != np.float32:
-        bad |= np.abs(exact) > np.finfo(np.float32).max
-    bad_rows, bad_cols = np.nonzero(bad)
-    if bad_rows.size:
-        r, c = int(bad_rows[0]), int(bad_cols[0])
-        shown = exact[r, c]
-        what = "too large for float32" if np.isfinite(shown) else str(shown)
-        raise LinregError(f"{source}: column {names[c]!r} row {offset + r + 1} is {what}")
 
 
 class RecordRows:
@@ -279,8 +266,7 @@ def read_table(path: str | Path, stream: bool | str = "auto") -> Table:
     except LinregError:
         raise
     except Exception as exc:  # any parser failure on user input is a user error
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LinregError(f"{p}: cannot read as {suffix[1:] or 'a table'}: {reason}") from exc
+        raise LinregError(f"{p}: cannot read as {suffix[1:] or 'a table'}: {reason(exc)}") from exc
     if len(frame) == 0:
         raise LinregError(f"{p}: no data rows (columns {list(map(str, frame.columns))}, but no rows under them)")
     return Table(str(p), frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
