@@ -16,7 +16,7 @@ Where things live (one concept per file), and which way the imports run::
       ^
     data.py           LinRegData, the LightningDataModule
 
-    checkpoints.py    weights-only loading, --ckpt_path last, flags against the checkpoint
+    checkpoints.py    atomic checkpoint writes, weights-only loading, --ckpt_path last, flags against the checkpoint
     summary.py        the fit summary (printed table, summary.json)
     callbacks.py      the checkpoint policy (signals) and the prediction writer
     export.py         `linreg export`: ONNX and torch.export programs

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from linreg.errors import LinregError
+from linreg.io import publish, temporary
 
 
 def _finite(module: L.LightningModule) -> bool:
@@ -45,12 +44,27 @@ class Checkpoint(ModelCheckpoint):
     each step and stop together: after that step, or, on an epoch's last step, once the epoch's
     validation and logging are done.
 
+    - A debug run (``--trainer.fast_dev_run``) saves nothing: its one step would otherwise become
+      the newest ``last.ckpt``, the one ``--ckpt_path last`` takes.
+
     Args:
-        every_n_epochs: also save every N epochs (0: only at the end of fit).
+        every_n_epochs: also update ``last.ckpt`` every N epochs (0: only at the end of fit).
+        keep: also keep the N most recent per-epoch checkpoints (``epoch=E-step=S.ckpt``) beside
+            ``last.ckpt`` (0: ``last.ckpt`` only; a file per epoch would fill the disk on a long fit).
     """
 
-    def __init__(self, every_n_epochs: int = 0) -> None:
-        super().__init__(save_last=True, every_n_epochs=every_n_epochs, save_top_k=-1 if every_n_epochs else 1)
+    def __init__(self, every_n_epochs: int = 0, keep: int = 0) -> None:
+        if every_n_epochs < 0 or keep < 0:
+            raise LinregError(
+                f"--checkpoint.every_n_epochs and --checkpoint.keep must be at least 0, got {every_n_epochs} and {keep}"
+            )
+        if keep and not every_n_epochs:
+            raise LinregError(
+                "--checkpoint.keep needs --checkpoint.every_n_epochs N: without it there is one checkpoint, at the end"
+            )
+        # The most recent: "step" rises through a fit, so the top `keep` by step are the latest.
+        latest = {"monitor": "step", "mode": "max"} if keep else {}
+        super().__init__(save_last=True, every_n_epochs=every_n_epochs, save_top_k=keep, **latest)
         self.stopped_by: str | None = None
         self._trainer: L.Trainer | None = None
         self._previous: dict[int, Any] = {}
@@ -111,8 +125,13 @@ class Checkpoint(ModelCheckpoint):
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """On an epoch's last step: stop once the epoch is complete (Lightning raises right after it)."""
+        """Update last.ckpt every N epochs; on an epoch's last step, stop once the epoch is complete
+        (Lightning raises right after it)."""
         super().on_train_epoch_end(trainer, pl_module)
+        due = self._every_n_epochs and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        if due and not self.save_top_k and not self._should_skip_saving_checkpoint(trainer):
+            # Lightning updates last.ckpt only beside a kept epoch file; with keep 0 there is none.
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         final = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
         if self._stop_agreed(trainer, pl_module) and not final:
             trainer._signal_connector.received_sigterm = True
@@ -123,14 +142,16 @@ class Checkpoint(ModelCheckpoint):
         # Always: an epoch's checkpoint may already hold this step, but the model the fit ends with can
         # differ from it (ClosedForm puts the average of the iterates in after the last epoch).
         self._last_global_step_saved = -1
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_signals()
         if isinstance(exception, SIGTERMException):
             self.stopped_by = self.stopped_by or "SIGTERM"
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            if not trainer.fast_dev_run:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         elif isinstance(exception, KeyboardInterrupt) and self.stopped_by:
             rank_zero_warn("linreg: aborted by a second Ctrl-C in the middle of a step; no checkpoint saved")
 
@@ -298,9 +319,7 @@ class _TableFile:
 
     def __init__(self, path: Path, kind: str) -> None:
         self.path, self.kind = path, kind
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = temporary(path)
         self._writer: Any = None
         self._file: Any = None
 
@@ -341,10 +360,7 @@ class _TableFile:
         if self.empty:
             self.tmp.unlink(missing_ok=True)
             raise LinregError("no predictions were made; no output written")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def discard(self) -> None:
         self.close()

@@ -1,19 +1,26 @@
-"""Checkpoints as input: loaded weights-only, checked to be linreg's, found by ``--ckpt_path last``.
+"""Checkpoints: written atomically in their own folder, loaded weights-only, checked to be linreg's,
+found by ``--ckpt_path last``.
 
 A checkpoint is a file a user hands us, so it gets the checks any input gets: a pickled payload never
-runs (weights-only load), and a file that is not linreg's is one clear line, not a traceback.
+runs (weights-only load), and a file that is not linreg's, or whose weights do not match its own
+description, is one clear line, not a traceback.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from typing_extensions import override
 
 from linreg.errors import LinregError
+from linreg.io import atomic_write
 
 # Settings that describe the data a checkpoint was trained on: (data flag, model hyperparameter).
 DATA_FROM_CHECKPOINT = (
@@ -41,17 +48,76 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "in_features" not in ckpt.get("hyper_parameters", {}):
         raise LinregError(f"--ckpt_path {p}: not a linreg checkpoint (no model hyperparameters or weights)")
+    _check_consistent(p, ckpt)
     return ckpt
 
 
+def _check_consistent(path: Path, ckpt: dict[str, Any]) -> None:
+    """The weights must be what the hyperparameters say, and finite: anything else was edited or
+    damaged, and would fail later as a size mismatch or predict NaN."""
+    hp, state = ckpt["hyper_parameters"], ckpt["state_dict"]
+    weight, bias = state.get("model.lin.weight"), state.get("model.lin.bias")
+    out = hp.get("out_features", 1)
+    expected = {"model.lin.weight": (out, hp["in_features"])}
+    if hp.get("fit_intercept", True):
+        expected["model.lin.bias"] = (out,)
+    for name, count in (("feature_names", hp["in_features"]), ("target_names", out)):
+        if hp.get(name) is not None and len(hp[name]) != count:
+            expected[name] = (count,)
+    for key, shape in expected.items():
+        have = state.get(key) if key.startswith("model.") else hp.get(key)
+        found = tuple(have.shape) if isinstance(have, torch.Tensor) else (None if have is None else (len(have),))
+        if found != shape:
+            raise LinregError(
+                f"--ckpt_path {path}: inconsistent checkpoint: its hyperparameters say {hp['in_features']} feature(s) "
+                f"and {out} target(s), so {key} should have shape {shape}, but it has {found}"
+            )
+    for name, tensor in (("weights", weight), ("intercept", bias)):
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise LinregError(f"--ckpt_path {path}: the checkpoint's {name} are not finite (NaN or inf)")
+
+
 def find_last_checkpoint(root: str | Path) -> Path:
-    """The newest ``last*.ckpt`` the default logger (``root/lightning_logs``) or, with
-    ``--trainer.logger false``, Lightning itself (``root/checkpoints``) wrote: what ``--ckpt_path last`` means."""
+    """The newest readable ``last*.ckpt`` the default logger (``root/lightning_logs``) or, with
+    ``--trainer.logger false``, Lightning itself (``root/checkpoints``) wrote: what ``--ckpt_path last`` means.
+
+    A newer file that cannot be read (left by an older linreg or another tool after a full disk or a
+    kill) is skipped with a note, so the good one before it is still found; the one taken is named."""
     root = Path(root)
     found = [*root.glob("lightning_logs/version_*/checkpoints/last*.ckpt"), *root.glob("checkpoints/last*.ckpt")]
     if not found:
         raise LinregError(f"--ckpt_path last: no last.ckpt under {root / 'lightning_logs'} or {root / 'checkpoints'}")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    skipped = []
+    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            load_checkpoint(path)
+        except LinregError as exc:
+            skipped.append(str(exc).removeprefix(f"--ckpt_path {path}: "))
+            print(f"linreg: --ckpt_path last: skipped {path} ({skipped[-1]})", file=sys.stderr)
+            continue
+        print(f"linreg: --ckpt_path last: {path}", file=sys.stderr)
+        return path
+    raise LinregError(f"--ckpt_path last: none of the {len(found)} last*.ckpt files under {root} can be used")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with the temporary file in the checkpoint's own folder.
+
+    Lightning's goes through fsspec's transaction, whose temporary file is in ``TMPDIR``: when that is
+    another filesystem (a tmpfs), the final move is a copy, and a ``kill -9`` during it left a 0-byte
+    ``last.ckpt`` where a good one had been (2 of 12 kills, measured). A full disk then fails as one
+    line naming the file, and the previous checkpoint stays whole.
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote storage: fsspec's own transaction is the right tool there
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def take_checkpoint_settings(cfg: Namespace, given: Namespace | None, ckpt: dict[str, Any]) -> None:

@@ -13,22 +13,26 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from linreg.callbacks import Checkpoint, PredictionWriter
-from linreg.checkpoints import find_last_checkpoint, load_checkpoint, take_checkpoint_settings
+from linreg.checkpoints import AtomicCheckpointIO, find_last_checkpoint, load_checkpoint, take_checkpoint_settings
 from linreg.data import LinRegData
 from linreg.errors import LinregError
 from linreg.figures import FitFigures
-from linreg.io import check_output
+from linreg.io import WRITE_ERRORS, check_output, check_writable
 from linreg.module import LinRegModule
 from linreg.summary import print_fit_summary, print_metrics
 
@@ -132,6 +136,10 @@ class LinregCLI(LightningCLI):
                 f"--trainer.strategy {strategy} is not supported: it trains in child processes whose results "
                 "(the closed form, the summary) never come back; use --trainer.strategy ddp, or torchrun"
             )
+        if self.subcommand == "fit":
+            for flag in ("max_epochs", "max_steps"):
+                if cfg.trainer.get(flag) == 0:
+                    raise LinregError(f"--trainer.{flag} 0 trains nothing; give at least 1 (or -1 for no limit)")
         for flag, off in (("accumulate_grad_batches", 1), ("gradient_clip_val", None)):
             if cfg.trainer.get(flag) not in (off, 0):
                 raise LinregError(
@@ -142,21 +150,52 @@ class LinregCLI(LightningCLI):
             cfg.trainer.logger = False  # a predict run writes its file, not a log folder
             cfg.return_predictions = False  # the writer streams them to the file; holding them costs memory
             if cfg.get("output"):
-                check_output(cfg.output, cfg.overwrite)
+                inputs = [cfg.data.get("path")] if cfg.data.get("path") else []
+                check_output(cfg.output, cfg.overwrite, inputs=inputs)
+                if cfg.data.get("id_column") and cfg.data.id_column in _as_list(cfg.data.get("target") or "y"):
+                    raise LinregError(
+                        f"--data.id_column {cfg.data.id_column!r} is the target's name, which the predictions "
+                        "are written under; pass another column"
+                    )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         if config.get("enable_checkpointing") is False:  # the user's choice: no checkpoint at all
             callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
         try:
-            return super()._instantiate_trainer(config, callbacks)
+            trainer = super()._instantiate_trainer(config, callbacks)
         except ValueError as exc:  # Lightning's word on a Trainer setting (accelerator, strategy, ...)
             raise LinregError(f"--trainer settings refused by Lightning: {exc}") from exc
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default, not a user's plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_instantiate_classes(self) -> None:
-        """Read and check all the data this subcommand needs, before the trainer creates anything."""
+        """Check what this subcommand will write and read, before the trainer creates anything."""
         if self.subcommand:
+            logger, fit = self.trainer.logger, self.subcommand == "fit"
+            if logger is not None or fit:
+                # A fit that trained for an hour and then cannot save its checkpoint has lost the hour.
+                folder = logger.save_dir if logger is not None and logger.save_dir else self.trainer.default_root_dir
+                what = "logs and checkpoints" if fit else "logs"
+                hint = "; give a writable --trainer.default_root_dir" + ("" if fit else " or --trainer.logger false")
+                check_writable(folder, f"linreg {self.subcommand} writes its {what} under {folder}", hint)
             self.datamodule.set_precision(self.trainer.precision)
             self.datamodule.check(self.subcommand)
+
+    def before_fit(self) -> None:
+        """Refuse a callback that monitors a value linreg will never log, before training, listing what it can."""
+        validation = self.datamodule.has_validation
+        allowed = self.model.monitorable(validation)
+        for callback in self.trainer.callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if monitor is None or isinstance(callback, Checkpoint):
+                continue
+            if monitor not in allowed:
+                why = "" if validation or not monitor.startswith("val/") else " (there is no validation data)"
+                raise LinregError(
+                    f"{type(callback).__name__} monitors {monitor!r}, which is never logged{why}; "
+                    f"it can monitor {', '.join(allowed)}"
+                )
 
     def before_predict(self) -> None:
         cfg = self.config["predict"]
@@ -176,21 +215,28 @@ class LinregCLI(LightningCLI):
             print("linreg: no --output given; predictions were computed but not written")
 
     def _run_subcommand(self, subcommand: str) -> None:
+        runs = _run_folders(self.trainer)
         try:
             super()._run_subcommand(subcommand)
-        except SIGTERMException:
-            ckpt = self.trainer.checkpoint_callback
-            by = getattr(ckpt, "stopped_by", None) or "SIGTERM"
-            if self.trainer.is_global_zero:
-                where = (
-                    f"linreg: stopped by {by} at epoch {self.trainer.current_epoch}, step {self.trainer.global_step}"
-                )
-                if ckpt and ckpt.last_model_path:
-                    then = f"saved {ckpt.last_model_path}; resume with `linreg fit ... --ckpt_path last`"
-                else:
-                    then = "nothing saved (checkpointing is off)"
-                print(f"{where}; {then}", file=sys.stderr)
-            raise SystemExit(130 if by == "Ctrl-C" else 143) from None
+        except BaseException as exc:
+            _drop_new_run_folder(self.trainer, runs, failed=not isinstance(exc, SIGTERMException))
+            if isinstance(exc, SIGTERMException):
+                self._report_stop()
+            raise
+        _drop_new_run_folder(self.trainer, runs, failed=False)
+
+    def _report_stop(self) -> None:
+        """A fit stopped by Ctrl-C or SIGTERM: say where, and what was saved; exit as the signal asks."""
+        ckpt = self.trainer.checkpoint_callback
+        by = getattr(ckpt, "stopped_by", None) or "SIGTERM"
+        if self.trainer.is_global_zero:
+            where = f"linreg: stopped by {by} at epoch {self.trainer.current_epoch}, step {self.trainer.global_step}"
+            if ckpt and ckpt.last_model_path:
+                then = f"saved {ckpt.last_model_path}; resume with `linreg fit ... --ckpt_path last`"
+            else:
+                then = "nothing saved (checkpointing is off)"
+            print(f"{where}; {then}", file=sys.stderr)
+        raise SystemExit(130 if by == "Ctrl-C" else 143) from None
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero and not self.trainer.interrupted:
@@ -201,6 +247,33 @@ class LinregCLI(LightningCLI):
 
     def after_test(self) -> None:
         print_metrics(self.model.latest, "test/")
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _run_folders(trainer: Any) -> set[Path] | None:
+    """The run folders that exist before this run (None without a TensorBoard-style logger)."""
+    root = getattr(trainer.logger, "root_dir", None)
+    if root is None or "://" in str(root):
+        return None
+    root = Path(root)
+    return set(root.iterdir()) if root.is_dir() else set()
+
+
+def _drop_new_run_folder(trainer: Any, before: set[Path] | None, failed: bool) -> None:
+    """Remove the log folder this run made if it holds nothing, or if the run failed before saving any
+    checkpoint: a refused or crashed run leaves no empty ``version_N`` nor half-written files behind.
+    A folder that existed before the run (a logger given its version) is never touched."""
+    if before is None or not trainer.is_global_zero:
+        return
+    folder = Path(trainer.logger.log_dir)
+    if folder in before or not folder.is_dir():
+        return
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not files or (failed and not any(p.suffix == ".ckpt" for p in files)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_accelerator(accelerator: Any) -> None:
@@ -243,9 +316,18 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTip())
 
 
+def _thread_excepthook(args: Any) -> None:
+    """TensorBoard writes its event file in a thread; a full disk there is raised again in the main
+    thread at its next write, and reported once, as one line, by ``main``: no second traceback."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_ERRORS:
+        return
+    threading.__excepthook__(args)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``linreg`` command; tests call ``main([...])`` in process."""
     quiet_lightning()
+    threading.excepthook = _thread_excepthook
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["export"]:  # not a Trainer method, so not a LightningCLI subcommand
@@ -254,11 +336,14 @@ def main(args: list[str] | None = None) -> None:
             export_main(argv[1:])
         else:
             LinregCLI(args=args)
-    except (LinregError, MisconfigurationException) as exc:
+    except (LinregError, MisconfigurationException, OSError) as exc:
         # MisconfigurationException: a Trainer setting Lightning rejects; its message says which.
-        if os.environ.get("LINREG_DEBUG"):
+        # OSError: only a file the machine would not let us write (a full disk, a read-only folder).
+        if os.environ.get("LINREG_DEBUG") or (isinstance(exc, OSError) and exc.errno not in WRITE_ERRORS):
             raise
         message = " ".join(str(exc).split())
+        if isinstance(exc, OSError):
+            message = f"cannot write {exc.filename or 'to disk'}: {exc.strerror}"
         print(f"linreg: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
 

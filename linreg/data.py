@@ -18,7 +18,17 @@ from typing_extensions import override
 from linreg.batches import Batches, Shuffle
 from linreg.errors import LinregError
 from linreg.streams import StreamRows
-from linreg.tables import CHUNK_ROWS, RecordRows, Rows, Table, default_names, mean_scale, read_table
+from linreg.tables import (
+    CHUNK_ROWS,
+    RecordRows,
+    Rows,
+    Table,
+    default_names,
+    fingerprint,
+    fingerprint_change,
+    mean_scale,
+    read_table,
+)
 from linreg.tutorial_data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 
 OUT_OF_CORE_BATCH = 65_536  # rows per batch when evaluating or predicting a table read from disk
@@ -108,6 +118,7 @@ class LinRegData(L.LightningDataModule):
         self.dtype = torch.float32
         self.scaling: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self.target_mean: Tensor | None = None
+        self._fingerprint: list[list[str | int]] | None = None
 
     @classmethod
     def from_tensors(cls, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> LinRegData:
@@ -238,6 +249,8 @@ class LinRegData(L.LightningDataModule):
             self._split()
         if stage == "fit":
             self._check_out_of_core(self._exact["train"][0])
+            if self.path is not None:
+                self._fingerprint = fingerprint(self.path)  # the table as this fit reads it
         if stage in ("validate", "test"):
             key = "val" if stage == "validate" else "test"
             if key not in self._exact:
@@ -316,7 +329,36 @@ class LinRegData(L.LightningDataModule):
             raise LinregError(f"{self.path}: no id column {self.id_column!r}; columns are {table.columns}")
         return table.column(self.id_column)
 
+    @property
+    def has_validation(self) -> bool:
+        """Whether a fit validates: a validation table or fraction gives rows to validate on."""
+        return "val" in self._exact
+
     # -- Lightning hooks -------------------------------------------------------------------------
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The training table's fingerprint, kept in every checkpoint (Lightning calls this on save)."""
+        if self.path is None:
+            return {}
+        if self._fingerprint is None:  # once per run: a checkpoint every epoch would rehash the files
+            self._fingerprint = fingerprint(self.path)
+        return {"train_table": self._fingerprint}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A fit resumed on a table that changed since its checkpoint is refused: the rest of its epoch,
+        its running loss and metrics, its averaging and the optimum it measures against all belong to
+        the rows it started on. (Validate, test and predict take any table.)"""
+        saved = state.get("train_table")
+        if saved is None or self.path is None or self.trainer is None or self.trainer.state.fn != "fit":
+            return
+        change = fingerprint_change(saved, self.state_dict()["train_table"])
+        if change:
+            raise LinregError(
+                f"{self.path} changed since the checkpoint was written ({change}); resume on the same table, "
+                "or start a new fit (without --ckpt_path)"
+            )
 
     @override
     def setup(self, stage: str) -> None:

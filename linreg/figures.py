@@ -21,6 +21,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from typing_extensions import override
 
+from linreg.io import atomic_write
 from linreg.tables import default_names
 
 # A matplotlib Figure. Not imported for type checking either: jsonargparse, which reads this module for
@@ -178,8 +179,8 @@ class FitFigures(L.Callback):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or not trainer.is_global_zero:
-            return
+        if not self.enabled or not trainer.is_global_zero or trainer.fast_dev_run:
+            return  # a debug run logs and saves nothing (Lightning's rule for fast_dev_run)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -208,7 +209,7 @@ class FitFigures(L.Callback):
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png")  # rendered once, for the file and for TensorBoard
             png = buffer.getvalue()
-            (folder / f"{name}.png").write_bytes(png)
+            atomic_write(folder / f"{name}.png", lambda tmp, png=png: tmp.write_bytes(png))
             if isinstance(trainer.logger, TensorBoardLogger):
                 width, height = (int(v) for v in fig.canvas.get_width_height())
                 image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)

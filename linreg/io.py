@@ -1,33 +1,75 @@
-"""Writing files so that a crash or a second run never leaves half a file or loses a result."""
+"""Writing files so that a crash, a full disk or a second run never leaves half a file or loses a result.
+
+Every file linreg writes (checkpoints, predictions, summary.json, figures, exports) is written to a
+temporary file beside its final name, flushed to disk, and renamed over it: readers see the old file
+or the new one, never a mix, whatever fails in between (a full disk, ``kill -9``, a power cut). The
+temporary file must be in the same folder: a rename across filesystems (Lightning's default goes
+through ``TMPDIR``) is a copy, which a kill can leave half done.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from linreg.errors import LinregError
 
-if TYPE_CHECKING:
-    pass
-
 OUTPUT_SUFFIXES = (".csv", ".parquet")
+# Failures to write that are the machine's state, not a bug: one line, not a traceback.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
-def check_output(path: str | Path, overwrite: bool, suffixes: Sequence[str] = OUTPUT_SUFFIXES) -> Path:
+def check_output(
+    path: str | Path, overwrite: bool, suffixes: Sequence[str] = OUTPUT_SUFFIXES, inputs: Iterable[str] = ()
+) -> Path:
     """Refuse an output we could not or should not write, before any work is done."""
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise LinregError(f"--output {p}: the file name must end in {' or '.join(suffixes)}")
+    if p.is_dir():
+        raise LinregError(f"--output {p} is a folder; give a file name")
+    for given in inputs:
+        if _same_or_inside(p, Path(given)):
+            why = "is the input" if not Path(given).is_dir() else "is inside the input folder"
+            raise LinregError(f"--output {p} {why} {given}; write the predictions elsewhere")
     if p.exists() and not overwrite:
         raise LinregError(f"--output {p} already exists; pass --overwrite true to replace it")
     if not p.parent.exists():
         raise LinregError(f"--output {p}: folder {p.parent} does not exist")
+    check_writable(p.parent, f"--output {p}")
     return p
+
+
+def _same_or_inside(output: Path, given: Path) -> bool:
+    """Whether ``output`` is the input file, or a file the input folder (or glob) would read next time."""
+    out = output.resolve()
+    if given.is_dir():
+        return given.resolve() in out.parents
+    if any(ch in str(given) for ch in "*?["):
+        import glob
+
+        return any(Path(f).resolve() == out for f in glob.glob(str(given), recursive=True))
+    return given.resolve() == out
+
+
+def check_writable(folder: str | Path, what: str, hint: str = "") -> None:
+    """Refuse, before any work, a folder we could not write to (read-only, no permission): a fit that
+    trained for an hour and then cannot save has lost the hour. A folder still to be made is judged by
+    the nearest one that exists."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise LinregError(f"{what}: cannot write in {existing} ({exc.strerror or exc}){hint}") from exc
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool = True) -> Path:
@@ -35,18 +77,50 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool
     p = Path(path)
     if p.exists() and not overwrite:
         raise LinregError(f"{p} already exists; pass --overwrite true to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result gets a normal file's permissions
+    tmp = temporary(p)
     try:
-        write(Path(tmp))
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        write(tmp)
+        publish(tmp, p)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+            raise LinregError(f"{p}: cannot write ({exc.strerror}); nothing was replaced") from exc
         raise
     return p
+
+
+def temporary(path: Path) -> Path:
+    """An empty temporary file beside ``path`` (same folder, so same filesystem: the rename is atomic)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise LinregError(f"{path}: cannot write ({exc.strerror})") from exc
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Put a finished temporary file in place: on disk first (fsync), with the permissions a replaced
+    file had (else a new file's, from the umask: mkstemp makes it private), then renamed over ``path``."""
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # the rename itself on disk; not every filesystem allows this
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:

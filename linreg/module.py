@@ -409,8 +409,15 @@ class LinRegModule(L.LightningModule):
         )
 
     def _evaluate(self, batch: list[dict[str, Any]], stage: str) -> None:
+        alone = self._trainer is not None and self.trainer.state.fn in ("validate", "test")
         for view in batch:
             _, pred, mean = self._loss(view, stage)
+            if alone and not bool(torch.isfinite(pred).all()):
+                # As predict refuses them; during fit, divergence is training_step's own check.
+                raise LinregError(
+                    f"the model's predictions on the {stage} rows are not finite (inf or NaN): a feature value "
+                    f"far beyond the training data's overflows; no {stage} metrics reported"
+                )
             getattr(self, f"{stage}_loss").update(mean, len(view["x"]))
             self._update_metrics(stage, pred, view["y"])
 
@@ -423,19 +430,31 @@ class LinRegModule(L.LightningModule):
             if torch.isfinite(mean):
                 values[f"{stage}/loss"] = mean.float()
         loss.reset()
-        names = self.hparams.target_names or default_names("y", self.hparams.out_features)
         collection = getattr(self, f"{stage}_metrics")
         for name, metric in collection.items():
             if isinstance(metric, R2Score) and int(metric.total) < 2:
                 continue
             value = metric.compute()
-            if name.split("/")[-1].startswith("per_target_"):
-                metric_name = name.split("/")[-1].removeprefix("per_target_")
-                values |= {f"{stage}/{metric_name}/{t}": v for t, v in zip(names, value)}
-            else:
-                values[name] = value
+            keys = self._keys(name)
+            values |= dict(zip(keys, value)) if len(keys) > 1 else {keys[0]: value}
         collection.reset()
         self.publish(values)
+
+    def _keys(self, name: str) -> list[str]:
+        """The logged name(s) of a metric: ``val/mse``, or ``val/mse/<target>`` for each target of a per-target one."""
+        stage, metric = name.split("/", 1)
+        if not metric.startswith("per_target_"):
+            return [name]
+        names = self.hparams.target_names or default_names("y", self.hparams.out_features)
+        return [f"{stage}/{metric.removeprefix('per_target_')}/{t}" for t in names]
+
+    def monitorable(self, validation: bool) -> list[str]:
+        """What a callback (``EarlyStopping``, a ``ModelCheckpoint`` with ``monitor``) can watch: the
+        values ``publish`` passes to ``self.log``."""
+        keys = ["train/loss"]
+        if validation:
+            keys += ["val/loss", *(key for name in self.val_metrics for key in self._keys(name))]
+        return keys
 
     def publish(self, values: dict[str, Tensor | float], also_log: dict[str, float] | None = None) -> None:
         """Record epoch values in ``latest`` and write them to the logger in one call, at the step

@@ -205,5 +205,7 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         path = write_json(Path(s["checkpoint"]).parent / "summary.json", s)
         lines.append(f"  checkpoint: {s['checkpoint']}")
         lines.append(f"  summary:    {path}")
+    elif trainer.fast_dev_run:
+        lines.append("  checkpoint: none (--trainer.fast_dev_run is a debug run; it saves nothing)")
     print("\n".join(lines))
     return s

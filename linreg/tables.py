@@ -6,6 +6,7 @@ that turns a parser's complaint into a ``LinregError`` naming the file, the colu
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from linreg.errors import LinregError
-from linreg.streams import CSV, Source, StreamRows, check_finite, reason
+from linreg.streams import CSV, Source, StreamRows, check_finite, expand, reason
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where a table is read: it costs a third of a second at start-up
@@ -71,6 +72,8 @@ class Table:
             assert records is not None
             self.columns = list(records.dtype.names)
             self.n_rows = records.shape[0]
+        if stream is None and self.n_rows == 0:
+            raise LinregError(f"{source}: no data rows (columns {self.columns}, but no rows under them)")
 
     def _dtype(self, name: str) -> np.dtype:
         if self.frame is not None:
@@ -263,13 +266,67 @@ def read_table(path: str | Path, stream: bool | str = "auto") -> Table:
         import pandas as pd  # only for the text and Parquet formats: numpy tables start without it
 
         frame = pd.read_csv(p) if suffix == ".csv" else pd.read_parquet(p)
+        if suffix == ".csv":
+            _check_csv_header(p)
     except LinregError:
         raise
     except Exception as exc:  # any parser failure on user input is a user error
         raise LinregError(f"{p}: cannot read as {suffix[1:] or 'a table'}: {reason(exc)}") from exc
-    if len(frame) == 0:
-        raise LinregError(f"{p}: no data rows (columns {list(map(str, frame.columns))}, but no rows under them)")
     return Table(str(p), frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
+
+
+FINGERPRINT_BLOCK = 1 << 20  # bytes hashed at each end of a file
+
+
+def fingerprint(path: str) -> list[list[str | int]]:
+    """What a checkpoint remembers of its training table, to tell a resumed fit that the table changed:
+    each file's name (within the folder or glob), size, and a hash of its first and last MiB.
+
+    Cheap for any size; an edit that keeps the size and touches neither end of a file larger than
+    2 MiB goes unseen. The names are relative, so a table moved or copied elsewhere is the same table.
+    """
+    files = expand(path)
+    base = path if os.path.isdir(path) else os.path.dirname(files[0]) if len(files) > 1 else None
+    prints: list[list[str | int]] = []
+    for file in files:
+        size = os.path.getsize(file)
+        digest = hashlib.blake2b(digest_size=16)
+        with open(file, "rb") as f:
+            digest.update(f.read(FINGERPRINT_BLOCK))
+            if size > FINGERPRINT_BLOCK:
+                f.seek(max(FINGERPRINT_BLOCK, size - FINGERPRINT_BLOCK))
+                digest.update(f.read())
+        name = os.path.relpath(file, base) if base else os.path.basename(file)
+        prints.append([name, size, digest.hexdigest()])
+    return prints
+
+
+def fingerprint_change(saved: list[list[str | int]], now: list[list[str | int]]) -> str | None:
+    """What changed between two fingerprints, in words, or None."""
+    before, after = {p[0]: p[1:] for p in saved}, {p[0]: p[1:] for p in now}
+    if len(before) == 1 and len(after) == 1:  # one file, perhaps renamed: compare it
+        before, after = {"": next(iter(before.values()))}, {"": next(iter(after.values()))}
+    changes = [f"{name} added" for name in after if name not in before]
+    changes += [f"{name} removed" for name in before if name not in after]
+    for name in before.keys() & after.keys():
+        (size0, hash0), (size1, hash1) = before[name], after[name]
+        what = f"size {size0} then, {size1} now" if size0 != size1 else "contents differ" if hash0 != hash1 else ""
+        if what:
+            changes.append(f"{name + ': ' if name else ''}{what}")
+    return "; ".join(sorted(changes)) or None
+
+
+def _check_csv_header(p: Path) -> None:
+    """Refuse repeated column names: pandas renames a second "x" to "x.1", and linreg would then train
+    on a column the file never named."""
+    import csv
+    import gzip
+
+    with (gzip.open if p.name.lower().endswith(".gz") else open)(p, "rt", newline="", encoding="utf-8-sig") as f:
+        header = [name for name in next(csv.reader(f), []) if name]
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise LinregError(f"{p}: duplicate column names {duplicated}")
 
 
 def _whole(path: str, source: Source) -> Table:

@@ -42,3 +42,11 @@ def scalars(version_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def weights(ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     return state["model.lin.weight"], state["model.lin.bias"]
+
+
+def assert_clean(root: Path) -> None:
+    """Nothing half-done under ``root``: no temporary file, no empty file, no empty folder."""
+    left = [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+    left += [p for p in root.rglob("*") if p.is_file() and p.stat().st_size == 0]
+    left += [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert not left, left

@@ -312,3 +312,90 @@ def test_stop_mid_epoch_then_resume_is_bit_identical(cli, workdir, table, capsys
     assert cli("fit", *common, "--data.batch_size", "8", "--ckpt_path", str(stopped)) == 1
     line = error_line(capsys)
     assert "batch_size 4 then, 8 now" in line and "resume it with the same --data settings" in line
+
+
+def test_mismatched_resume_leaves_no_run_folder(cli, workdir, table, capsys) -> None:
+    """A refusal raised once the trainer runs (here: resuming mid-epoch with another batch size)
+    removes the log folder it made."""
+    common = ("--data.path", str(table), "--data.batch_size", "4", "--data.rows_per_step", "8")
+    common += ("--model.lr", "0.01", "--trainer.max_epochs", "3")  # steps of 2 updates, 10 updates an epoch
+    signal_at = ("--trainer.callbacks+=tests.signals.SignalAt", "--trainer.callbacks.step", "9")
+    assert cli("fit", *common, *signal_at, "--trainer.callbacks.signal", "SIGTERM") == 143
+    versions = sorted(p.name for p in (workdir / "lightning_logs").iterdir())
+    assert cli("fit", *common, "--data.batch_size", "8", "--ckpt_path", "last") == 1
+    assert "batch_size 4 then, 8 now" in error_line(capsys)
+    assert sorted(p.name for p in (workdir / "lightning_logs").iterdir()) == versions
+
+
+def test_table_changed_before_a_resume_is_refused(cli, workdir, table, capsys) -> None:
+    """Stopped mid-epoch, the table edited (same rows, one value changed): the resume is refused,
+    naming the change; the checkpoint stays as it was."""
+    common = ("--data.path", str(table), "--data.batch_size", "4", "--data.rows_per_step", "8")
+    common += ("--model.lr", "0.01", "--trainer.max_epochs", "3")  # steps of 2 updates, 10 updates an epoch
+    signal_at = ("--trainer.callbacks+=tests.signals.SignalAt", "--trainer.callbacks.step", "9")
+    assert cli("fit", *common, *signal_at, "--trainer.callbacks.signal", "SIGTERM") == 143
+    stopped = last_ckpt(workdir)
+    assert torch.load(stopped, weights_only=True)["global_step"] % 10  # in the middle of an epoch
+    saved = stopped.read_bytes()
+    df = pd.read_csv(table)
+    df.loc[17, "a"] += 1.0
+    df.to_csv(table, index=False)
+    assert cli("fit", *common, "--ckpt_path", "last") == 1
+    assert f"{table} changed since the checkpoint was written" in error_line(capsys)
+    assert stopped.read_bytes() == saved
+    # Predicting or validating on another table is what a checkpoint is for: not refused.
+    assert cli("validate", "--data.path", str(table), "--ckpt_path", str(stopped)) == 0
+
+
+def test_fast_dev_run_saves_nothing_last_would_take(cli, workdir, trained, capsys) -> None:
+    assert cli("fit", "--data.path", "t.csv", "--trainer.fast_dev_run", "true") == 0
+    assert "fast_dev_run is a debug run; it saves nothing" in capsys.readouterr().out
+    assert not (workdir / "checkpoints").exists()
+    assert sorted(workdir.rglob("*.ckpt")) == [trained]
+
+
+def test_predict_on_no_rows_is_one_line(cli, workdir, trained, capsys) -> None:
+    np.save(workdir / "empty.npy", np.zeros(0, dtype=[("a", "f8"), ("b", "f8")]))
+    assert cli("predict", "--ckpt_path", str(trained), "--data.path", "empty.npy", "--output", "p.csv") == 1
+    assert "empty.npy: no data rows" in error_line(capsys)
+    assert not (workdir / "p.csv").exists()
+
+
+def test_id_column_named_like_the_target_is_refused(cli, workdir, trained, capsys) -> None:
+    pd.read_csv(workdir / "t.csv").to_csv(workdir / "new.csv", index=False)
+    args = ("predict", "--ckpt_path", str(trained), "--data.path", "new.csv", "--output", "p.csv")
+    assert cli(*args, "--data.id_column", "y") == 1
+    assert "--data.id_column 'y' is the target's name" in error_line(capsys)
+    assert not (workdir / "p.csv").exists()
+
+
+@pytest.mark.parametrize("edit", ["features", "names", "nan"])
+def test_inconsistent_or_non_finite_checkpoint_is_one_line(cli, workdir, trained, capsys, edit) -> None:
+    ckpt = torch.load(trained, weights_only=True)
+    if edit == "features":
+        ckpt["hyper_parameters"]["in_features"] = 3  # the weights stay 1×2
+        expected = "inconsistent checkpoint: its hyperparameters say 3 feature(s)"
+    elif edit == "names":
+        ckpt["hyper_parameters"]["feature_names"] = ["a", "b", "c"]
+        expected = "inconsistent checkpoint"
+    else:
+        ckpt["state_dict"]["model.lin.weight"][0, 0] = float("nan")
+        expected = "weights are not finite"
+    torch.save(ckpt, workdir / "edited.ckpt")
+    for command in ("validate", "predict"):
+        assert cli(command, "--ckpt_path", "edited.ckpt", "--data.path", "t.csv") == 1
+        assert expected in error_line(capsys)
+
+
+def test_validate_refuses_overflowing_predictions(cli, workdir, trained, capsys) -> None:
+    pd.DataFrame({"a": [3e38, 1.0], "b": [1.0, 2.0], "y": [1.0, 2.0]}).to_csv(workdir / "big.csv", index=False)
+    for command, stage in (("validate", "val"), ("test", "test")):
+        assert cli(command, "--ckpt_path", str(trained), "--data.path", "big.csv") == 1
+        assert f"predictions on the {stage} rows are not finite" in error_line(capsys)
+
+
+def test_duplicate_csv_header_is_refused(cli, workdir, capsys) -> None:
+    (workdir / "dup.csv").write_text("x,x,y\n1,2,3\n2,3,4\n3,5,6\n4,1,2\n")
+    assert cli("fit", "--data.path", "dup.csv") == 1
+    assert "dup.csv: duplicate column names ['x']" in error_line(capsys)
+    assert not (workdir / "lightning_logs").exists()
