@@ -219,11 +219,12 @@ class LinregCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except BaseException as exc:
-            _drop_new_run_folder(self.trainer, runs, failed=not isinstance(exc, SIGTERMException))
+            refused = not isinstance(exc, SIGTERMException) and not self.model.trained
+            _drop_new_run_folder(self.trainer, runs, refused)
             if isinstance(exc, SIGTERMException):
                 self._report_stop()
             raise
-        _drop_new_run_folder(self.trainer, runs, failed=False)
+        _drop_new_run_folder(self.trainer, runs, refused=False)
 
     def _report_stop(self) -> None:
         """A fit stopped by Ctrl-C or SIGTERM: say where, and what was saved; exit as the signal asks."""
@@ -262,17 +263,18 @@ def _run_folders(trainer: Any) -> set[Path] | None:
     return set(root.iterdir()) if root.is_dir() else set()
 
 
-def _drop_new_run_folder(trainer: Any, before: set[Path] | None, failed: bool) -> None:
-    """Remove the log folder this run made if it holds nothing, or if the run failed before saving any
-    checkpoint: a refused or crashed run leaves no empty ``version_N`` nor half-written files behind.
-    A folder that existed before the run (a logger given its version) is never touched."""
+def _drop_new_run_folder(trainer: Any, before: set[Path] | None, refused: bool) -> None:
+    """Remove the log folder this run made if it holds nothing, or if the run failed before training
+    a step and holds no checkpoint: a refused run leaves no ``version_N`` nor half-written files.
+    A fit that trained keeps its logs even when it fails (a diverged fit's loss curve, say), and a
+    folder that existed before the run (a logger given its version) is never touched."""
     if before is None or not trainer.is_global_zero:
         return
     folder = Path(trainer.logger.log_dir)
     if folder in before or not folder.is_dir():
         return
     files = [p for p in folder.rglob("*") if p.is_file()]
-    if not files or (failed and not any(p.suffix == ".ckpt" for p in files)):
+    if not files or (refused and not any(p.suffix == ".ckpt" for p in files)):
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -147,6 +147,7 @@ class LinRegModule(L.LightningModule):
         self.curvature: tuple[float, float] | None = None  # the loss Hessian's largest, smallest eigenvalue
         self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
+        self.trained = False  # whether this run took a training step (a failed fit's logs are kept only then)
 
     # -- the model ---------------------------------------------------------------------------------
 
@@ -274,6 +275,7 @@ class LinRegModule(L.LightningModule):
         SGD does each update exactly as Lightning's automatic loop would. With ``solver=lstsq`` the
         weights are already the solution (``ClosedForm``): the epoch only measures them.
         """
+        self.trained = True
         optimizer = self.optimizers()
         sgd = self.hparams.solver == "sgd"
         preds, targets, means = [], [], []
