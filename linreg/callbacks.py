@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from linreg.errors import LinregError
-from linreg.io import publish, temporary
+from linreg.io import publish, temporary, writing
 
 
 def _finite(module: L.LightningModule) -> bool:
@@ -324,6 +324,10 @@ class _TableFile:
         self._file: Any = None
 
     def write(self, columns: dict[str, Any]) -> None:
+        with writing(self.path):
+            self._write(columns)
+
+    def _write(self, columns: dict[str, Any]) -> None:
         import pyarrow as pa
 
         table = pa.table(columns)
@@ -344,12 +348,14 @@ class _TableFile:
         self._writer.write_table(table.cast(self._schema))
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        writer, file, self._writer, self._file = self._writer, self._file, None, None
+        with writing(self.path):
+            try:
+                if writer is not None:
+                    writer.close()
+            finally:
+                if file is not None:
+                    file.close()
 
     @property
     def empty(self) -> bool:
@@ -360,8 +366,14 @@ class _TableFile:
         if self.empty:
             self.tmp.unlink(missing_ok=True)
             raise LinregError("no predictions were made; no output written")
-        publish(self.tmp, self.path)
+        with writing(self.path):
+            publish(self.tmp, self.path)
 
     def discard(self) -> None:
-        self.close()
-        self.tmp.unlink(missing_ok=True)
+        """Remove the temporary file, whatever state a failure left its writer in."""
+        try:
+            self.close()
+        except LinregError:
+            pass  # the failure that brought us here has been reported already
+        finally:
+            self.tmp.unlink(missing_ok=True)

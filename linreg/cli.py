@@ -345,7 +345,7 @@ def main(args: list[str] | None = None) -> None:
             raise
         message = " ".join(str(exc).split())
         if isinstance(exc, OSError):
-            message = f"cannot write {exc.filename or 'to disk'}: {exc.strerror}"
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else f"{exc.strerror} (writing the run's files)"
         print(f"linreg: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +79,23 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool
         raise LinregError(f"{p} already exists; pass --overwrite true to replace it")
     tmp = temporary(p)
     try:
-        write(tmp)
-        publish(tmp, p)
-    except BaseException as exc:
+        with writing(p):
+            write(tmp)
+            publish(tmp, p)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
-            raise LinregError(f"{p}: cannot write ({exc.strerror}); nothing was replaced") from exc
         raise
     return p
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A failure to write ``path`` (a full disk, a lost permission) as one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        why = exc.strerror or str(exc).strip().splitlines()[0]
+        raise LinregError(f"{path}: cannot write ({why}); nothing was replaced") from exc
 
 
 def temporary(path: Path) -> Path:

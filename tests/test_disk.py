@@ -290,3 +290,25 @@ def test_early_stopping_on_a_validation_metric_works(cli, workdir) -> None:
     es = ("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/r2", "--trainer.callbacks.mode")
     assert cli("fit", *args, *es, "max", "--trainer.callbacks.patience", "1") == 0
     assert last_ckpt(workdir).exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_predictions_onto_a_full_disk_keep_the_old_file(cli, workdir, trained, capsys, suffix) -> None:
+    """20,000 predictions do not fit on a 16 KiB filesystem: one line naming the output; the file
+    it was to replace is as it was, and no temporary file is left."""
+    small = workdir / "small"
+    small.mkdir()
+    if not _mount("-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)):
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux)")
+    try:
+        rng = np.random.default_rng(1)
+        pd.DataFrame({"a": rng.normal(size=20_000), "b": rng.normal(size=20_000)}).to_csv("new.csv", index=False)
+        output = small / f"p{suffix}"
+        output.write_bytes(b"an earlier file")
+        args = ("predict", "--ckpt_path", "last", "--data.path", "new.csv", "--output", str(output))
+        assert cli(*args, "--overwrite", "true") == 1
+        assert f"{output}: cannot write" in error_line(capsys)
+        assert output.read_bytes() == b"an earlier file"
+        assert sorted(p.name for p in small.iterdir()) == [output.name]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
