@@ -8,6 +8,7 @@ description, is one clear line, not a traceback.
 
 from __future__ import annotations
 
+import inspect
 import io
 import pickle
 import sys
@@ -32,8 +33,9 @@ DATA_FROM_CHECKPOINT = (
 MODEL_FROM_CHECKPOINT = ("lr", "momentum", "weight_decay", "fit_intercept", "solver")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint weights-only (a pickled payload never runs) and check it is linreg's."""
+def load_checkpoint(path: str | Path, consistent: bool = True) -> dict[str, Any]:
+    """Load a checkpoint weights-only (a pickled payload never runs) and check it is linreg's (and,
+    with ``consistent``, that its weights are those its hyperparameters describe, and finite)."""
     p = Path(path)
     if not p.is_file():
         raise LinregError(f"--ckpt_path {p}: no such file")
@@ -48,33 +50,47 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "in_features" not in ckpt.get("hyper_parameters", {}):
         raise LinregError(f"--ckpt_path {p}: not a linreg checkpoint (no model hyperparameters or weights)")
-    _check_consistent(p, ckpt)
+    if consistent:
+        _check_consistent(p, ckpt)
     return ckpt
 
 
 def _check_consistent(path: Path, ckpt: dict[str, Any]) -> None:
-    """The weights must be what the hyperparameters say, and finite: anything else was edited or
-    damaged, and would fail later as a size mismatch or predict NaN."""
+    """The weights must be those of the model the hyperparameters describe, and finite: anything else
+    was edited or damaged, and would fail later as a size mismatch (a traceback) or predict NaN."""
+    from linreg.module import LinRegModule
+
     hp, state = ckpt["hyper_parameters"], ckpt["state_dict"]
-    weight, bias = state.get("model.lin.weight"), state.get("model.lin.bias")
-    out = hp.get("out_features", 1)
-    expected = {"model.lin.weight": (out, hp["in_features"])}
-    if hp.get("fit_intercept", True):
-        expected["model.lin.bias"] = (out,)
-    for name, count in (("feature_names", hp["in_features"]), ("target_names", out)):
+    try:
+        known = inspect.signature(LinRegModule).parameters  # LightningCLI adds its own keys (_instantiator)
+        with torch.random.fork_rng(devices=[]):  # its random init must not move the run's seeded generator
+            expected = LinRegModule(**{k: v for k, v in hp.items() if k in known}).state_dict()
+    except (TypeError, ValueError, LinregError) as exc:
+        raise LinregError(f"--ckpt_path {path}: its hyperparameters do not describe a linreg model ({exc})") from exc
+    # Every key (Lightning loads strictly), and the shapes of the weights and what forward() applies
+    # (a metric's running state takes its shape from the first update).
+    model = ("model.", "averaged.module.", "x_", "y_")
+    shapes = {k: tuple(v.shape) if k.startswith(model) else () for k, v in expected.items()}
+    found = {k: tuple(v.shape) if k.startswith(model) else () for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if shapes != found:
+        differ = sorted(k for k in shapes.keys() | found.keys() if shapes.get(k) != found.get(k))[0]
+        raise LinregError(
+            f"--ckpt_path {path}: inconsistent checkpoint: its hyperparameters say {hp['in_features']} feature(s), "
+            f"{hp.get('out_features', 1)} target(s), fit_intercept {hp.get('fit_intercept', True)}, so {differ} "
+            f"should be {_shape(shapes.get(differ))}, but it is {_shape(found.get(differ))}"
+        )
+    for name, count in (("feature_names", hp["in_features"]), ("target_names", hp.get("out_features", 1))):
         if hp.get(name) is not None and len(hp[name]) != count:
-            expected[name] = (count,)
-    for key, shape in expected.items():
-        have = state.get(key) if key.startswith("model.") else hp.get(key)
-        found = tuple(have.shape) if isinstance(have, torch.Tensor) else (None if have is None else (len(have),))
-        if found != shape:
             raise LinregError(
-                f"--ckpt_path {path}: inconsistent checkpoint: its hyperparameters say {hp['in_features']} feature(s) "
-                f"and {out} target(s), so {key} should have shape {shape}, but it has {found}"
+                f"--ckpt_path {path}: inconsistent checkpoint: {len(hp[name])} {name} for {count} columns"
             )
-    for name, tensor in (("weights", weight), ("intercept", bias)):
-        if tensor is not None and not bool(torch.isfinite(tensor).all()):
-            raise LinregError(f"--ckpt_path {path}: the checkpoint's {name} are not finite (NaN or inf)")
+    bad = [k for k, v in state.items() if k.startswith(model) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise LinregError(f"--ckpt_path {path}: the checkpoint's weights are not finite (NaN or inf in {bad[0]})")
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else f"of shape {shape}"
 
 
 def find_last_checkpoint(root: str | Path) -> Path:
@@ -82,7 +98,9 @@ def find_last_checkpoint(root: str | Path) -> Path:
     ``--trainer.logger false``, Lightning itself (``root/checkpoints``) wrote: what ``--ckpt_path last`` means.
 
     A newer file that cannot be read (left by an older linreg or another tool after a full disk or a
-    kill) is skipped with a note, so the good one before it is still found; the one taken is named."""
+    kill) is skipped with a note, so the good one before it is still found; the one taken is named.
+    One that reads but is not a sound linreg checkpoint is taken, and then refused by the caller's
+    checks: falling back past it would silently use an older run's model."""
     root = Path(root)
     found = [*root.glob("lightning_logs/version_*/checkpoints/last*.ckpt"), *root.glob("checkpoints/last*.ckpt")]
     if not found:
@@ -90,7 +108,7 @@ def find_last_checkpoint(root: str | Path) -> Path:
     skipped = []
     for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            load_checkpoint(path)
+            load_checkpoint(path, consistent=False)  # a readable but wrong one is refused, not passed over
         except LinregError as exc:
             skipped.append(str(exc).removeprefix(f"--ckpt_path {path}: "))
             print(f"linreg: --ckpt_path last: skipped {path} ({skipped[-1]})", file=sys.stderr)

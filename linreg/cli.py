@@ -137,9 +137,9 @@ class LinregCLI(LightningCLI):
                 "(the closed form, the summary) never come back; use --trainer.strategy ddp, or torchrun"
             )
         if self.subcommand == "fit":
-            for flag in ("max_epochs", "max_steps"):
+            for flag in ("max_epochs", "max_steps", "limit_train_batches"):
                 if cfg.trainer.get(flag) == 0:
-                    raise LinregError(f"--trainer.{flag} 0 trains nothing; give at least 1 (or -1 for no limit)")
+                    raise LinregError(f"--trainer.{flag} 0 trains nothing; give a positive value")
         for flag, off in (("accumulate_grad_batches", 1), ("gradient_clip_val", None)):
             if cfg.trainer.get(flag) not in (off, 0):
                 raise LinregError(
@@ -175,23 +175,27 @@ class LinregCLI(LightningCLI):
             logger, fit = self.trainer.logger, self.subcommand == "fit"
             if logger is not None or fit:
                 # A fit that trained for an hour and then cannot save its checkpoint has lost the hour.
-                folder = logger.save_dir if logger is not None and logger.save_dir else self.trainer.default_root_dir
+                if logger is not None and logger.save_dir:
+                    folder, flag = logger.save_dir, "--trainer.logger.init_args.save_dir"
+                else:
+                    folder, flag = self.trainer.default_root_dir, "--trainer.default_root_dir"
                 what = "logs and checkpoints" if fit else "logs"
-                hint = "; give a writable --trainer.default_root_dir" + ("" if fit else " or --trainer.logger false")
+                hint = f"; run from a writable folder, or give a writable {flag}"
+                hint += "" if fit else ", or --trainer.logger false"
                 check_writable(folder, f"linreg {self.subcommand} writes its {what} under {folder}", hint)
             self.datamodule.set_precision(self.trainer.precision)
             self.datamodule.check(self.subcommand)
 
     def before_fit(self) -> None:
         """Refuse a callback that monitors a value linreg will never log, before training, listing what it can."""
-        validation = self.datamodule.has_validation
-        allowed = self.model.monitorable(validation)
+        val_rows = self.datamodule.val_rows
+        allowed = self.model.monitorable(val_rows)
         for callback in self.trainer.callbacks:
             monitor = getattr(callback, "monitor", None)
-            if monitor is None or isinstance(callback, Checkpoint):
-                continue
-            if monitor not in allowed:
-                why = "" if validation or not monitor.startswith("val/") else " (there is no validation data)"
+            if monitor is not None and monitor not in allowed:
+                why = ""
+                if monitor.startswith("val/"):
+                    why = " (there is no validation data)" if not val_rows else " (R² needs two validation rows)"
                 raise LinregError(
                     f"{type(callback).__name__} monitors {monitor!r}, which is never logged{why}; "
                     f"it can monitor {', '.join(allowed)}"
@@ -215,16 +219,16 @@ class LinregCLI(LightningCLI):
             print("linreg: no --output given; predictions were computed but not written")
 
     def _run_subcommand(self, subcommand: str) -> None:
-        runs = _run_folders(self.trainer)
+        made = _new_run_folder(self.trainer)
         try:
             super()._run_subcommand(subcommand)
         except BaseException as exc:
             refused = not isinstance(exc, SIGTERMException) and not self.model.trained
-            _drop_new_run_folder(self.trainer, runs, refused)
+            _drop_run_folder(self.trainer, made, refused)
             if isinstance(exc, SIGTERMException):
                 self._report_stop()
             raise
-        _drop_new_run_folder(self.trainer, runs, refused=False)
+        _drop_run_folder(self.trainer, made, refused=False)
 
     def _report_stop(self) -> None:
         """A fit stopped by Ctrl-C or SIGTERM: say where, and what was saved; exit as the signal asks."""
@@ -254,28 +258,28 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _run_folders(trainer: Any) -> set[Path] | None:
-    """The run folders that exist before this run (None without a TensorBoard-style logger)."""
-    root = getattr(trainer.logger, "root_dir", None)
-    if root is None or "://" in str(root):
+def _new_run_folder(trainer: Any) -> Path | None:
+    """The log folder this run is about to make: None if it exists already (a logger given a version,
+    a name, a sub_dir, or no version at all), or is not a local folder. Only such a folder, made by
+    this run, may be removed after it (``_drop_run_folder``)."""
+    log_dir = getattr(trainer.logger, "log_dir", None)  # fixes the logger's version now, as its first use would
+    if not log_dir or "://" in str(log_dir):
         return None
-    root = Path(root)
-    return set(root.iterdir()) if root.is_dir() else set()
+    folder = Path(log_dir).absolute()
+    return None if folder.exists() else folder
 
 
-def _drop_new_run_folder(trainer: Any, before: set[Path] | None, refused: bool) -> None:
-    """Remove the log folder this run made if it holds nothing, or if the run failed before training
-    a step and holds no checkpoint: a refused run leaves no ``version_N`` nor half-written files.
-    A fit that trained keeps its logs even when it fails (a diverged fit's loss curve, say), and a
-    folder that existed before the run (a logger given its version) is never touched."""
-    if before is None or not trainer.is_global_zero:
+def _drop_run_folder(trainer: Any, made: Path | None, refused: bool) -> None:
+    """Remove the log folder this run made if it holds nothing, or if the run was refused before training
+    a step and holds no checkpoint: a refused run leaves no ``version_N`` nor half-written files. A fit
+    that trained keeps its logs even when it fails (a diverged fit's loss curve, say)."""
+    if made is None or not trainer.is_global_zero or Path(trainer.logger.log_dir).absolute() != made:
         return
-    folder = Path(trainer.logger.log_dir)
-    if folder in before or not folder.is_dir():
+    if not made.is_dir():
         return
-    files = [p for p in folder.rglob("*") if p.is_file()]
+    files = [p for p in made.rglob("*") if p.is_file()]
     if not files or (refused and not any(p.suffix == ".ckpt" for p in files)):
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def check_accelerator(accelerator: Any) -> None:
@@ -329,7 +333,7 @@ def _thread_excepthook(args: Any) -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``linreg`` command; tests call ``main([...])`` in process."""
     quiet_lightning()
-    threading.excepthook = _thread_excepthook
+    threading.excepthook = _thread_excepthook  # for the process: the writer thread may report at exit
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["export"]:  # not a Trainer method, so not a LightningCLI subcommand

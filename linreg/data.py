@@ -7,6 +7,7 @@ four points.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal
 
 import lightning as L
@@ -119,6 +120,7 @@ class LinRegData(L.LightningDataModule):
         self.scaling: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self.target_mean: Tensor | None = None
         self._fingerprint: list[list[str | int]] | None = None
+        self._train_batches: Batches | list = []
 
     @classmethod
     def from_tensors(cls, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> LinRegData:
@@ -330,9 +332,9 @@ class LinRegData(L.LightningDataModule):
         return table.column(self.id_column)
 
     @property
-    def has_validation(self) -> bool:
-        """Whether a fit validates: a validation table or fraction gives rows to validate on."""
-        return "val" in self._exact
+    def val_rows(self) -> int:
+        """Rows a fit validates on (a validation table or fraction), all ranks together."""
+        return self._exact["val"][0].shape[0] if "val" in self._exact else 0
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
@@ -343,21 +345,30 @@ class LinRegData(L.LightningDataModule):
             return {}
         if self._fingerprint is None:  # once per run: a checkpoint every epoch would rehash the files
             self._fingerprint = fingerprint(self.path)
-        return {"train_table": self._fingerprint}
+        batches = self._train_batches
+        mid_epoch = isinstance(batches, Batches) and 0 < batches.served < len(batches)
+        return {"train_table": self._fingerprint, "mid_epoch": mid_epoch}
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """A fit resumed on a table that changed since its checkpoint is refused: the rest of its epoch,
-        its running loss and metrics, its averaging and the optimum it measures against all belong to
-        the rows it started on. (Validate, test and predict take any table.)"""
+        """A fit resumed on a table that changed since its checkpoint: refused when the checkpoint
+        stopped mid-epoch (the rest of that epoch, its running loss and metrics belong to the rows it
+        started on); said in one line otherwise (training on from the saved weights, a warm start,
+        is a use). Validate, test and predict take any table."""
         saved = state.get("train_table")
         if saved is None or self.path is None or self.trainer is None or self.trainer.state.fn != "fit":
             return
         change = fingerprint_change(saved, self.state_dict()["train_table"])
-        if change:
+        if change and state.get("mid_epoch"):
             raise LinregError(
-                f"{self.path} changed since the checkpoint was written ({change}); resume on the same table, "
-                "or start a new fit (without --ckpt_path)"
+                f"{self.path} changed since the checkpoint was written ({change}), which stopped in the middle "
+                "of an epoch; resume on the same table, or start a new fit (without --ckpt_path)"
+            )
+        if change and self.trainer.is_global_zero:
+            print(
+                f"linreg: note: {self.path} changed since the checkpoint ({change}); training goes on from the "
+                "checkpoint's weights on the table as it is now",
+                file=sys.stderr,
             )
 
     @override
@@ -397,7 +408,8 @@ class LinRegData(L.LightningDataModule):
 
     @override
     def train_dataloader(self) -> Batches | list:
-        return self._batches("train", shuffle=self.hparams.shuffle)
+        self._train_batches = self._batches("train", shuffle=self.hparams.shuffle)  # where the epoch stands
+        return self._train_batches
 
     @override
     def val_dataloader(self) -> Batches | list:

@@ -31,10 +31,10 @@ def check_output(
 ) -> Path:
     """Refuse an output we could not or should not write, before any work is done."""
     p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise LinregError(f"--output {p}: the file name must end in {' or '.join(suffixes)}")
     if p.is_dir():
         raise LinregError(f"--output {p} is a folder; give a file name")
+    if p.suffix.lower() not in suffixes:
+        raise LinregError(f"--output {p}: the file name must end in {' or '.join(suffixes)}")
     for given in inputs:
         if _same_or_inside(p, Path(given)):
             why = "is the input" if not Path(given).is_dir() else "is inside the input folder"
@@ -52,10 +52,11 @@ def _same_or_inside(output: Path, given: Path) -> bool:
     out = output.resolve()
     if given.is_dir():
         return given.resolve() in out.parents
-    if any(ch in str(given) for ch in "*?["):
-        import glob
+    if any(ch in str(given) for ch in "*?["):  # the output would match the pattern next time
+        import fnmatch
 
-        return any(Path(f).resolve() == out for f in glob.glob(str(given), recursive=True))
+        pattern = os.path.abspath(given)
+        return any(fnmatch.fnmatch(str(name), pattern) for name in (out, output.absolute()))
     return given.resolve() == out
 
 
@@ -95,7 +96,7 @@ def writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         why = exc.strerror or str(exc).strip().splitlines()[0]
-        raise LinregError(f"{path}: cannot write ({why}); nothing was replaced") from exc
+        raise LinregError(f"{path}: cannot write ({why})") from exc
 
 
 def temporary(path: Path) -> Path:

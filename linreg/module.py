@@ -450,13 +450,15 @@ class LinRegModule(L.LightningModule):
         names = self.hparams.target_names or default_names("y", self.hparams.out_features)
         return [f"{stage}/{metric.removeprefix('per_target_')}/{t}" for t in names]
 
-    def monitorable(self, validation: bool) -> list[str]:
+    def monitorable(self, val_rows: int) -> list[str]:
         """What a callback (``EarlyStopping``, a ``ModelCheckpoint`` with ``monitor``) can watch: the
-        values ``publish`` passes to ``self.log``."""
+        values ``publish`` passes to ``self.log`` (R² needs two validation rows, see ``_log_epoch``),
+        and Lightning's own ``epoch`` and ``step``."""
         keys = ["train/loss"]
-        if validation:
-            keys += ["val/loss", *(key for name in self.val_metrics for key in self._keys(name))]
-        return keys
+        if val_rows:
+            names = [n for n, m in self.val_metrics.items() if val_rows > 1 or not isinstance(m, R2Score)]
+            keys += ["val/loss", *(key for name in names for key in self._keys(name))]
+        return [*keys, "epoch", "step"]
 
     def publish(self, values: dict[str, Tensor | float], also_log: dict[str, float] | None = None) -> None:
         """Record epoch values in ``latest`` and write them to the logger in one call, at the step

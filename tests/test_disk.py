@@ -275,6 +275,12 @@ def test_every_n_epochs_updates_last_ckpt_during_the_fit(cli, workdir, monkeypat
         (("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/loss"), "no validation data"),
         (("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "train/mse"), "can monitor train/loss"),
         (("--checkpoint.keep", "2"), "--checkpoint.keep needs --checkpoint.every_n_epochs"),
+        (("--trainer.limit_train_batches", "0"), "--trainer.limit_train_batches 0 trains nothing"),
+        (
+            ("--data.val_fraction", "0.025", "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor")
+            + ("val/r2",),
+            "R² needs two validation rows",
+        ),
     ],
 )
 def test_refused_fits_leave_no_run_folder(cli, workdir, capsys, args, message) -> None:
@@ -312,3 +318,50 @@ def test_predictions_onto_a_full_disk_keep_the_old_file(cli, workdir, trained, c
         assert sorted(p.name for p in small.iterdir()) == [output.name]
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_refusal_never_removes_a_folder_it_did_not_make(cli, workdir, capsys) -> None:
+    """A logger writing straight into the working folder (no name, no version) or into an existing
+    folder: a refused run leaves every file there."""
+    _table(workdir)
+    (workdir / "thesis.tex").write_text("keep me")
+    (workdir / "exp").mkdir()
+    (workdir / "exp" / "notes.txt").write_text("keep me too")
+    refuse = ("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/loss")
+    loggers = [("--trainer.logger.init_args.save_dir", ".", "--trainer.logger.init_args.name", "")]
+    loggers[0] += ("--trainer.logger.init_args.version", "")
+    loggers += [("--trainer.logger.init_args.save_dir", "exp", "--trainer.logger.init_args.name", "")]
+    for logger in loggers:
+        assert cli("fit", "--data.path", "t.csv", *logger, *refuse) == 1
+        error_line(capsys)
+        assert (workdir / "thesis.tex").read_text() == "keep me"
+        assert (workdir / "exp" / "notes.txt").read_text() == "keep me too"
+        assert (workdir / "t.csv").exists()
+
+
+def test_monitoring_lightnings_step_keeps_the_latest_checkpoints(cli, workdir) -> None:
+    _table(workdir)
+    keep = ("--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor", "step", "--trainer.callbacks.mode")
+    keep += ("max", "--trainer.callbacks.save_top_k", "2", "--trainer.callbacks.every_n_epochs", "1")
+    assert cli("fit", "--data.path", "t.csv", "--model.lr", "0.01", "--trainer.max_epochs", "4", *keep) == 0
+    assert len([p for p in workdir.rglob("epoch=*.ckpt")]) == 2
+
+
+def test_output_matching_the_input_glob_is_refused(cli, workdir, trained, capsys) -> None:
+    parts = workdir / "parts"
+    parts.mkdir()
+    shutil.copy(workdir / "t.csv", parts / "a.csv")
+    assert cli("predict", "--ckpt_path", "last", "--data.path", "parts/*.csv", "--output", "parts/p.csv") == 1
+    assert "is the input parts/*.csv" in error_line(capsys)
+    assert not (parts / "p.csv").exists()
+
+
+def test_changed_table_at_an_epoch_boundary_warm_starts_with_a_note(cli, workdir, capsys) -> None:
+    table = _table(workdir)
+    args = ("--data.path", "t.csv", "--model.lr", "0.01")
+    assert cli("fit", *args, "--trainer.max_epochs", "3") == 0
+    df = pd.read_csv(table)
+    pd.concat([df, df]).to_csv(table, index=False)  # more rows of the same kind
+    capsys.readouterr()
+    assert cli("fit", *args, "--trainer.max_epochs", "5", "--ckpt_path", "last") == 0
+    assert "t.csv changed since the checkpoint (size" in capsys.readouterr().err

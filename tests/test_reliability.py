@@ -369,7 +369,7 @@ def test_id_column_named_like_the_target_is_refused(cli, workdir, trained, capsy
     assert not (workdir / "p.csv").exists()
 
 
-@pytest.mark.parametrize("edit", ["features", "names", "nan"])
+@pytest.mark.parametrize("edit", ["features", "names", "nan", "bias"])
 def test_inconsistent_or_non_finite_checkpoint_is_one_line(cli, workdir, trained, capsys, edit) -> None:
     ckpt = torch.load(trained, weights_only=True)
     if edit == "features":
@@ -378,9 +378,12 @@ def test_inconsistent_or_non_finite_checkpoint_is_one_line(cli, workdir, trained
     elif edit == "names":
         ckpt["hyper_parameters"]["feature_names"] = ["a", "b", "c"]
         expected = "inconsistent checkpoint"
-    else:
+    elif edit == "nan":
         ckpt["state_dict"]["model.lin.weight"][0, 0] = float("nan")
         expected = "weights are not finite"
+    else:
+        ckpt["hyper_parameters"]["fit_intercept"] = False  # the bias stays
+        expected = "fit_intercept False, so averaged.module.lin.bias should be absent"
     torch.save(ckpt, workdir / "edited.ckpt")
     for command in ("validate", "predict"):
         assert cli(command, "--ckpt_path", "edited.ckpt", "--data.path", "t.csv") == 1
