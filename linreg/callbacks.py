@@ -154,11 +154,32 @@ class Checkpoint(ModelCheckpoint):
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         elif isinstance(exception, KeyboardInterrupt) and self.stopped_by:
             rank_zero_warn("linreg: aborted by a second Ctrl-C in the middle of a step; no checkpoint saved")
+        elif (
+            trainer.state.fn == "fit"
+            and trainer.fit_loop.done
+            and _write_failure(exception)
+            and not trainer.fast_dev_run
+        ):
+            # Training had finished when a log or figure could not be written (a full disk): the model
+            # matters more than they do, and may still fit (a checkpoint is smaller than the logs).
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            except LinregError:
+                return  # the disk is full indeed; the previous checkpoint, if any, is whole
+            if trainer.is_global_zero:
+                print(f"linreg: the fit finished and was saved to {self.last_model_path}", file=sys.stderr)
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_signals()
         self._trainer = None
+
+
+def _write_failure(exc: BaseException) -> bool:
+    """A file the machine would not let us write (a full disk, a lost permission): ours or the logger's."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__
+    return exc is not None
 
 
 class PredictionWriter(BasePredictionWriter):

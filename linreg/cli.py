@@ -221,7 +221,12 @@ class LinregCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         made = _new_run_folder(self.trainer)
         try:
-            super()._run_subcommand(subcommand)
+            try:
+                super()._run_subcommand(subcommand)
+            except OSError as exc:  # TensorBoard's writer thread: no file name; name the folder
+                if exc.errno not in WRITE_ERRORS or exc.filename:
+                    raise
+                raise LinregError(f"cannot write the run's logs in {self.trainer.log_dir} ({exc.strerror})") from exc
         except BaseException as exc:
             refused = not isinstance(exc, SIGTERMException) and not self.model.trained
             _drop_run_folder(self.trainer, made, refused)

@@ -165,8 +165,9 @@ def _training_rows(loader: Any, max_points: int) -> tuple[Tensor, Tensor] | None
 class FitFigures(L.Callback):
     """At the end of fit, draw the fit into TensorBoard's Images tab and as PNGs beside the checkpoint.
 
-    Lightning runs the checkpoint callback's ``on_train_end`` after this one, so a failure here must
-    not escape: it becomes a warning, and the final checkpoint is still written.
+    Drawn at ``on_fit_end``, once the final checkpoint is on disk: on a nearly full disk the model
+    comes first (measured: 42 KB of figures written first left no room for a 19 KB checkpoint). A
+    failure here never fails the fit: it becomes a warning.
 
     Args:
         enabled: draw the figures (false: skip them, e.g. for speed on many runs).
@@ -178,7 +179,7 @@ class FitFigures(L.Callback):
         self.enabled, self.max_points = enabled, max_points
 
     @override
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or not trainer.is_global_zero or trainer.fast_dev_run:
             return  # a debug run logs and saves nothing (Lightning's rule for fast_dev_run)
         try:

@@ -102,6 +102,15 @@ def test_full_disk_is_one_line_and_leaves_only_whole_files(cli, full_disk, capsy
         assert "--ckpt_path last: " in capsys.readouterr().err
 
 
+def test_nearly_full_disk_saves_the_model_before_the_figures(cli, full_disk, capsys) -> None:
+    """100 KiB free: the figures (about 42 KB) once took the room the final checkpoint (19 KB)
+    needed. The checkpoint is written first now; a figure that does not fit is a warning."""
+    subprocess.run(["mount", "-o", "remount,size=100k", str(full_disk)], check=True)
+    assert cli("fit", "--data.path", "t.csv", "--trainer.max_epochs", "5") == 0
+    assert _loads(full_disk)
+    assert_clean(full_disk)
+
+
 def test_full_disk_simulated_keeps_the_previous_checkpoint(cli, workdir, capsys, monkeypatch) -> None:
     """Where no small filesystem can be mounted: the disk 'fills' in the middle of the third
     last.ckpt write (half the bytes written, then ENOSPC, as a real full disk does)."""

@@ -150,7 +150,7 @@ def test_several_targets_get_one_labelled_panel_each() -> None:
 def test_missing_matplotlib_is_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is absent
     with pytest.warns(UserWarning, match="matplotlib is not installed") as record:
-        FitFigures().on_train_end(SimpleNamespace(is_global_zero=True, fast_dev_run=False), None)
+        FitFigures().on_fit_end(SimpleNamespace(is_global_zero=True, fast_dev_run=False), None)
     assert len(record) == 1
 
 
