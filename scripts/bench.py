@@ -489,9 +489,12 @@ def throughput(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namesp
 
 def streaming(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namespace) -> dict[str, Any]:
     """A streamed epoch (a folder of Parquet parts, row groups of 65,536, in the page cache) against the
-    same rows in memory, at the largest batch size, in one run: rows/s of training, median over epochs."""
+    same rows in memory, at the largest batch size, in one run: rows/s of training, median over epochs;
+    and one shuffled epoch's reads alone, without training: how much of a streamed batch is reading."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from linreg.streams import Source
 
     batch = max(opts.batch_sizes)
     folder = tmp / "parquet"
@@ -508,10 +511,19 @@ def streaming(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namespa
         args = fit_args(path, batch, epochs, "--figures.enabled=false")
         cli, _ = run_linreg(args, tmp / f"stream-{label.replace(' ', '-')}")
         rates[label] = cli.timer.rate(skip=1)
-    result = {"batch": batch, "rows_per_s": rates, "ratio": rates["streamed"] / rates["in memory"]}
+    source = Source(str(folder))
+    reads = Batches(source.rows(names, torch.float32), source.rows(["y"], torch.float32), batch, "blocks")
+    reads.set_epoch(1)
+    t0 = time.perf_counter()
+    for _ in reads.batches():
+        pass
+    ms = {label: 1e3 * batch / rate for label, rate in rates.items()}
+    ms["reading alone"] = 1e3 * (time.perf_counter() - t0) / reads.n_batches
+    result = {"batch": batch, "rows_per_s": rates, "ratio": rates["streamed"] / rates["in memory"], "ms_per_batch": ms}
     print(
         f"  streamed Parquet folder at batch {batch}: {rates['streamed'] / 1e6:.3g} M rows/s, in memory "
-        f"{rates['in memory'] / 1e6:.3g} M rows/s, ratio {result['ratio']:.2f}",
+        f"{rates['in memory'] / 1e6:.3g} M rows/s, ratio {result['ratio']:.2f}; ms per batch: streamed "
+        f"{ms['streamed']:.1f} (reading alone {ms['reading alone']:.1f}), in memory {ms['in memory']:.2f}",
         flush=True,
     )
     return result

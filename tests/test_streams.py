@@ -17,7 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from linreg.batches import Batches
+from linreg.errors import LinregError
 from linreg.module import LinRegModule
+from linreg.streams import Source
 from tests.helpers import ROOT, last_ckpt
 
 D = 5
@@ -134,6 +137,39 @@ def test_folder_details_multi_target_validation_and_predict_ids(cli, workdir, ca
     written = pd.read_csv(workdir / "p.csv")
     assert list(written.columns) == ["id", "y", "z"] and len(written) == 3000
     assert written["id"].isna().sum() == frame["id"].isna().sum() and written["id"].iloc[1] == "r1"
+
+
+def test_streamed_batches_are_the_rows_of_the_table_held_whole(workdir) -> None:
+    """Each rank's slice of every shuffled batch, from the start and resumed mid-epoch, where batches
+    straddle row groups and parts are not a multiple of them, equals that slice of the table in memory
+    bit for bit."""
+    frame = make(10_001)
+    write_parts(frame, workdir / "parts", parts=3, row_group=1000)
+    source = Source(str(workdir / "parts"))
+    source.check(COLUMNS, to_float32=True)
+    whole = torch.tensor(frame.to_numpy())
+    for rank, skip in ((0, 0), (1, 0), (0, 5)):
+        x, y = source.rows(COLUMNS[:-1], torch.float32), source.rows(["y"], torch.float32)
+        streamed = Batches(x, y, 700, "blocks", seed=3, rank=rank, world_size=2)
+        held = Batches(whole[:, :-1], whole[:, -1:], 700, "blocks", seed=3, rank=rank, world_size=2)
+        pairs = list(zip(streamed.batches(skip), held.batches(skip), strict=True))
+        assert len(pairs) == 15 - skip
+        for a, b in pairs:
+            assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+
+
+def test_a_part_damaged_after_the_check_is_named_when_training_reads_it(workdir) -> None:
+    write_parts(make(3000), workdir / "parts", parts=3, row_group=500)
+    x = Source(str(workdir / "parts")).rows(COLUMNS[:-1], torch.float32)
+    part = workdir / "parts" / "part-002.parquet"
+    data = bytearray(part.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[4 : -8 - footer] = bytes(len(data) - 12 - footer)  # every page of the part; the footer stays
+    part.write_bytes(data)
+    assert x[1900:2000].shape == (100, D)  # the parts before it still read
+    with pytest.raises(LinregError, match=r"^\S*parts/part-002\.parquet: cannot read: ") as raised:
+        x[1900:2100]
+    assert "\n" not in str(raised.value)
 
 
 RSS = """
