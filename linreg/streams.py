@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import glob
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,7 @@ class StreamRows:
         self._starts = np.concatenate([[0], np.cumsum(source.counts)]).tolist()  # first row of each file
         self._cache: list[tuple[Any, int, list[np.ndarray]]] = []  # (key, first row, columns) of the last blocks
         self._csv: tuple[int, Iterator[np.ndarray], int] | None = None  # (file, blocks, next row) of the CSV scan
+        self._decoded: _Decoded | None = None
         if source.kind == "parquet":
             self._group_starts = []  # global first row of each (file, row group), in order
             self._group_keys = []
@@ -274,6 +276,7 @@ class StreamRows:
                     self._group_starts.append(offset)
                     self._group_keys.append((i, g))
                     offset += size
+            self._decoded = _Decoded(self.shape[0], len(self.names), self._np)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -282,6 +285,10 @@ class StreamRows:
         if not isinstance(rows, slice):
             raise LinregError("streamed tables are read in row ranges; use --data.shuffle blocks or none")
         start, stop, _ = rows.indices(self.shape[0])
+        if self._decoded is not None and stop > start:
+            groups = range(self._group(start), self._group(stop - 1) + 1)
+            if self._decoded.has(groups):
+                return torch.from_numpy(self._decoded.view(start, stop))
         # Column-major (filled a column at a time, 100x faster than row-major from Arrow's columns);
         # torch's matmul takes the layout as it is. Copied straight from the blocks kept: converting
         # each row group to one array first cost a second copy and fresh pages (measured).
@@ -301,11 +308,12 @@ class StreamRows:
             if cached[1] <= row < cached[1] + len(cached[2][0]):
                 return cached[1], cached[2]
         if self.source.kind == "parquet":
-            k = bisect.bisect_right(self._group_starts, row) - 1
+            k = self._group(row)
             table = self.source.read_group(*self._group_keys[k], self.names)
             # Arrow's own memory where it can (float columns without nulls): no copy until the batch.
             columns = [table.column(name).to_numpy(zero_copy_only=False) for name in self.names]
             self._keep((self._group_keys[k], self._group_starts[k], columns))
+            self._decoded.put(k, self._group_starts[k], columns)
         else:
             file = bisect.bisect_right(self._starts, row) - 1
             if self._csv is None or self._csv[0] != file or self._csv[2] > row:
@@ -320,6 +328,10 @@ class StreamRows:
                 first += len(block)
         return self._cache[-1][1], self._cache[-1][2]
 
+    def _group(self, row: int) -> int:
+        """The index of the (file, row group) that holds ``row``."""
+        return bisect.bisect_right(self._group_starts, row) - 1
+
     def _keep(self, block: tuple[Any, int, list[np.ndarray]]) -> None:
         """The last two blocks read: a batch that straddles two row groups reads each once."""
         self._cache = [*self._cache[-1:], block]
@@ -328,6 +340,66 @@ class StreamRows:
         raise LinregError(
             f"{self.source.path}: a streamed table is read in row ranges; --data.shuffle rows would read it "
             "row by row: use --data.shuffle blocks (Parquet) or none"
+        )
+
+
+class _Decoded:
+    """Parquet row groups decoded once, kept as plain rows in a temporary file, read back as
+    memory-mapped views.
+
+    Decoding is what a streamed epoch costs: 4.4-5 ms per 65,536-row group of 33 float32 columns
+    here, against 1.5 ms for the training step on the same rows (measured). A group decoded a second
+    time (a second epoch, or a batch straddling it) is written here, and from then on its rows come
+    back as a view of the page cache: no decode, no copy, resident only while a batch uses them (the
+    mapping goes with the view). A single pass (predict) never writes. The file is unlinked as it is
+    made, so nothing is left behind, even after ``kill -9``. Not used when the temporary folder lacks
+    twice the room it needs, and dropped if a write fails (a full disk): reads then decode as before.
+    """
+
+    def __init__(self, rows: int, width: int, dtype: Any) -> None:
+        import shutil
+
+        self.width, self.dtype = width, np.dtype(dtype)
+        self.row_bytes = width * self.dtype.itemsize
+        self.seen: set[int] = set()  # groups decoded once
+        self.done: set[int] = set()  # groups in the file
+        self.file: Any = None
+        size = rows * self.row_bytes
+        try:
+            if shutil.disk_usage(tempfile.gettempdir()).free > 2 * size:
+                self.file = tempfile.TemporaryFile(prefix="linreg-decoded-")
+                os.ftruncate(self.file.fileno(), size)  # sparse: disk is used only as groups are written
+        except OSError:
+            self.file = None
+
+    def has(self, groups: range) -> bool:
+        return self.file is not None and all(k in self.done for k in groups)
+
+    def put(self, k: int, first: int, columns: list[np.ndarray]) -> None:
+        """Group ``k`` was decoded (its rows start at ``first``): write it the second time."""
+        if self.file is None or k in self.done:
+            return
+        if k not in self.seen:
+            self.seen.add(k)
+            return
+        block = np.empty((len(columns[0]), self.width), dtype=self.dtype)
+        for j, column in enumerate(columns):
+            block[:, j] = column
+        data, offset = memoryview(block).cast("B"), first * self.row_bytes
+        try:
+            while data:
+                written = os.pwrite(self.file.fileno(), data, offset)
+                data, offset = data[written:], offset + written
+        except OSError:
+            self.file.close()
+            self.file = None
+            return
+        self.done.add(k)
+
+    def view(self, start: int, stop: int) -> np.ndarray:
+        # "c": a private mapping, writable as torch wants, never written back to the file
+        return np.memmap(
+            self.file, self.dtype, mode="c", offset=start * self.row_bytes, shape=(stop - start, self.width)
         )
 
 

@@ -489,8 +489,9 @@ def throughput(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namesp
 
 def streaming(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namespace) -> dict[str, Any]:
     """A streamed epoch (a folder of Parquet parts, row groups of 65,536, in the page cache) against the
-    same rows in memory, at the largest batch size, in one run: rows/s of training, median over epochs;
-    and one shuffled epoch's reads alone, without training: how much of a streamed batch is reading."""
+    same rows in memory, at the largest batch size, in one run: rows/s of training, median over epochs
+    after the first; the first epoch alone (it decodes the Parquet; later ones read linreg's decoded
+    copy, see ``streams._Decoded``); and two shuffled epochs' reads alone, without training."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -511,19 +512,24 @@ def streaming(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namespa
         args = fit_args(path, batch, epochs, "--figures.enabled=false")
         cli, _ = run_linreg(args, tmp / f"stream-{label.replace(' ', '-')}")
         rates[label] = cli.timer.rate(skip=1)
+        rates[f"{label}, first epoch"] = cli.timer.rows[0] / cli.timer.seconds()[0]
     source = Source(str(folder))
     reads = Batches(source.rows(names, torch.float32), source.rows(["y"], torch.float32), batch, "blocks")
-    reads.set_epoch(1)
-    t0 = time.perf_counter()
-    for _ in reads.batches():
-        pass
     ms = {label: 1e3 * batch / rate for label, rate in rates.items()}
-    ms["reading alone"] = 1e3 * (time.perf_counter() - t0) / reads.n_batches
+    for epoch in (1, 2):  # the first decodes (and keeps what it decodes twice), the second reads the copy
+        reads.set_epoch(epoch)
+        t0 = time.perf_counter()
+        for _ in reads.batches():
+            pass
+        ms[f"reading alone, epoch {epoch}"] = 1e3 * (time.perf_counter() - t0) / reads.n_batches
     result = {"batch": batch, "rows_per_s": rates, "ratio": rates["streamed"] / rates["in memory"], "ms_per_batch": ms}
     print(
-        f"  streamed Parquet folder at batch {batch}: {rates['streamed'] / 1e6:.3g} M rows/s, in memory "
-        f"{rates['in memory'] / 1e6:.3g} M rows/s, ratio {result['ratio']:.2f}; ms per batch: streamed "
-        f"{ms['streamed']:.1f} (reading alone {ms['reading alone']:.1f}), in memory {ms['in memory']:.2f}",
+        f"  streamed Parquet folder at batch {batch}: {rates['streamed'] / 1e6:.3g} M rows/s (first epoch "
+        f"{rates['streamed, first epoch'] / 1e6:.3g}), in memory {rates['in memory'] / 1e6:.3g} M rows/s, ratio "
+        f"{result['ratio']:.2f} (goal >= 0.5; first epoch "
+        f"{rates['streamed, first epoch'] / rates['in memory']:.2f}); ms per batch: streamed {ms['streamed']:.1f}, "
+        f"in memory {ms['in memory']:.2f}, reading alone {ms['reading alone, epoch 1']:.1f} then "
+        f"{ms['reading alone, epoch 2']:.2f}",
         flush=True,
     )
     return result

@@ -158,6 +158,58 @@ def test_streamed_batches_are_the_rows_of_the_table_held_whole(workdir) -> None:
             assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
 
 
+def _epochs_equal_the_table(workdir: Path, epochs: int = 3) -> Source:
+    """Three shuffled epochs of a streamed folder, batch by batch, against the table held whole."""
+    frame = make(10_001)
+    write_parts(frame, workdir / "parts", parts=3, row_group=1000)
+    source = Source(str(workdir / "parts"))
+    source.check(COLUMNS, to_float32=True)
+    whole = torch.tensor(frame.to_numpy())
+    x, y = source.rows(COLUMNS[:-1], torch.float32), source.rows(["y"], torch.float32)
+    streamed = Batches(x, y, 700, "blocks", seed=3)
+    held = Batches(whole[:, :-1], whole[:, -1:], 700, "blocks", seed=3)
+    for epoch in range(epochs):
+        streamed.set_epoch(epoch)
+        held.set_epoch(epoch)
+        for a, b in zip(streamed.batches(), held.batches(), strict=True):
+            assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    return x
+
+
+def test_later_epochs_read_the_decoded_copy_and_equal_the_table(workdir, monkeypatch) -> None:
+    """A row group decoded twice is kept decoded; from then on batches come from that copy."""
+    x = _epochs_equal_the_table(workdir)
+    assert x._decoded.file is not None and len(x._decoded.done) == len(x._group_keys) == 12  # 4 per part
+    decodes = []
+    real = Source.read_group
+    monkeypatch.setattr(Source, "read_group", lambda self, *a: decodes.append(a) or real(self, *a))
+    x._cache.clear()
+    assert x[2000:2700].shape == (700, D) and decodes == []  # served from the copy, not decoded again
+
+
+def test_no_room_for_the_decoded_copy_decodes_as_before(workdir, monkeypatch) -> None:
+    """A temporary folder that fills up while the copy is written (a real 1 MiB filesystem, filled
+    by another file after the copy was sized): the copy is dropped and reads decode, results equal."""
+    small = workdir / "tmp"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux)")
+    try:
+        monkeypatch.setattr("tempfile.tempdir", str(small))
+        real = Source.rows
+
+        def rows_then_fill(self, names, dtype):
+            made = real(self, names, dtype)
+            (small / "filler").write_bytes(bytes(1 << 20)[:900_000])  # most of what is left
+            return made
+
+        monkeypatch.setattr(Source, "rows", rows_then_fill)
+        x = _epochs_equal_the_table(workdir)
+        assert x._decoded.file is None  # dropped at the first write that did not fit
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
 def test_a_part_damaged_after_the_check_is_named_when_training_reads_it(workdir) -> None:
     write_parts(make(3000), workdir / "parts", parts=3, row_group=500)
     x = Source(str(workdir / "parts")).rows(COLUMNS[:-1], torch.float32)
@@ -198,8 +250,9 @@ def peak_above_base(cwd: Path, *args: str) -> int:
 
 @pytest.mark.slow
 def test_memory_does_not_grow_with_the_table(tmp_path: Path) -> None:
-    """Fit and predict on Parquet folders of about 300 MiB and 15 MiB (same row groups, 33 float32 columns):
-    peak resident memory within 96 MiB of each other, and the predictions complete and in order."""
+    """Fit (two epochs: the second reads the decoded copy) and predict on Parquet folders of about 300 MiB
+    and 15 MiB (same row groups, 33 float32 columns): peak resident memory within 96 MiB of each other,
+    and the predictions complete and in order."""
     rng = np.random.default_rng(1)
     names = [f"x{i}" for i in range(32)]
     w = rng.normal(size=32).astype(np.float32)
@@ -213,7 +266,8 @@ def test_memory_does_not_grow_with_the_table(tmp_path: Path) -> None:
             x = rng.normal(size=(n, 32)).astype(np.float32)
             table = pa.table({**{c: x[:, j] for j, c in enumerate(names)}, "y": x @ w + np.float32(0.5)})
             pq.write_table(table, folder / f"part-{k}.parquet", row_group_size=65_536, compression="none")
-        fit_flags = ("--data.batch_size", "65536", "--trainer.max_epochs", "1", "--figures.enabled", "false")
+        fit_flags = ("--data.batch_size", "65536", "--trainer.max_epochs", "2", "--model.tol", "0")  # epoch 2: the copy
+        fit_flags += ("--figures.enabled", "false")
         fit_grown = peak_above_base(folder, "fit", "--data.path", str(folder), *fit_flags)
         ckpt = str(next(folder.glob("lightning_logs/*/checkpoints/last.ckpt")))
         predict = ("predict", "--ckpt_path", ckpt, "--data.path", str(folder), "--data.batch_size", "65536")
