@@ -366,7 +366,7 @@ class _Decoded:
         self.file: Any = None
         size = rows * self.row_bytes
         try:
-            if shutil.disk_usage(tempfile.gettempdir()).free > 2 * size:
+            if hasattr(os, "pwrite") and shutil.disk_usage(tempfile.gettempdir()).free > 2 * size:
                 self.file = tempfile.TemporaryFile(prefix="linreg-decoded-")
                 os.ftruncate(self.file.fileno(), size)  # sparse: disk is used only as groups are written
         except OSError:
