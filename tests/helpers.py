@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -50,3 +51,12 @@ def assert_clean(root: Path) -> None:
     left += [p for p in root.rglob("*") if p.is_file() and p.stat().st_size == 0]
     left += [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]
     assert not left, left
+
+
+def error_line(capsys: Any) -> str:
+    """The one ``linreg: error:`` line a refused command printed, and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("linreg: error:")]
+    assert len(lines) == 1, err
+    return lines[0]

@@ -21,15 +21,7 @@ import pytest
 import torch
 
 from linreg.checkpoints import load_checkpoint
-from tests.helpers import ROOT, assert_clean, last_ckpt
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("linreg: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+from tests.helpers import ROOT, assert_clean, error_line, last_ckpt
 
 
 def _table(folder: Path, rows: int = 40) -> Path:

@@ -17,13 +17,7 @@ import torch
 
 from linreg.errors import LinregError
 from linreg.io import atomic_write
-from tests.helpers import ROOT, SEED, last_ckpt, scalars, weights
-
-
-def error_line(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("linreg: error:")]
-    assert len(err) == 1, err
-    return err[0]
+from tests.helpers import ROOT, SEED, error_line, last_ckpt, scalars, weights
 
 
 @pytest.fixture
