@@ -435,9 +435,10 @@ def _typed(schema: Any) -> bool:
     return not any(pa.types.is_null(t) for t in schema.types)
 
 
-def _matrix(table: Any, names: Sequence[str], dtype: Any = np.float64, order: str = "F") -> np.ndarray:
-    """Arrow columns as one n × len(names) array (one conversion); nulls become NaN (named by ``check``)."""
-    out = np.empty((table.num_rows, len(names)), dtype=dtype, order=order)
+def _matrix(table: Any, names: Sequence[str]) -> np.ndarray:
+    """Arrow columns as one n × len(names) float64 array, column-major (one conversion, a column at a
+    time); nulls become NaN (named by ``check``)."""
+    out = np.empty((table.num_rows, len(names)), dtype=np.float64, order="F")
     for j, name in enumerate(names):
         out[:, j] = table.column(name).to_numpy(zero_copy_only=False)
     return out
