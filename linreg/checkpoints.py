@@ -93,28 +93,36 @@ def _shape(shape: tuple[int, ...] | None) -> str:
     return "absent" if shape is None else f"of shape {shape}"
 
 
-def find_last_checkpoint(root: str | Path) -> Path:
+def open_checkpoint(ckpt_path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``--ckpt_path``: a file, or ``last``; read once, and checked."""
+    if str(ckpt_path) != "last":
+        return Path(ckpt_path), load_checkpoint(ckpt_path)
+    path, ckpt = _find_last_checkpoint(Path("."))  # the default logger writes ./lightning_logs
+    _check_consistent(path, ckpt)
+    return path, ckpt
+
+
+def _find_last_checkpoint(root: Path) -> tuple[Path, dict[str, Any]]:
     """The newest readable ``last*.ckpt`` the default logger (``root/lightning_logs``) or, with
-    ``--trainer.logger false``, Lightning itself (``root/checkpoints``) wrote: what ``--ckpt_path last`` means.
+    ``--trainer.logger false``, Lightning itself (``root/checkpoints``) wrote, and its contents: what
+    ``--ckpt_path last`` means.
 
     A newer file that cannot be read (left by an older linreg or another tool after a full disk or a
     kill) is skipped with a note, so the good one before it is still found; the one taken is named.
     One that reads but is not a sound linreg checkpoint is taken, and then refused by the caller's
     checks: falling back past it would silently use an older run's model."""
-    root = Path(root)
     found = [*root.glob("lightning_logs/version_*/checkpoints/last*.ckpt"), *root.glob("checkpoints/last*.ckpt")]
     if not found:
         raise LinregError(f"--ckpt_path last: no last.ckpt under {root / 'lightning_logs'} or {root / 'checkpoints'}")
-    skipped = []
     for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            load_checkpoint(path, consistent=False)  # a readable but wrong one is refused, not passed over
+            ckpt = load_checkpoint(path, consistent=False)
         except LinregError as exc:
-            skipped.append(str(exc).removeprefix(f"--ckpt_path {path}: "))
-            print(f"linreg: --ckpt_path last: skipped {path} ({skipped[-1]})", file=sys.stderr)
+            why = str(exc).removeprefix(f"--ckpt_path {path}: ")
+            print(f"linreg: --ckpt_path last: skipped {path} ({why})", file=sys.stderr)
             continue
         print(f"linreg: --ckpt_path last: {path}", file=sys.stderr)
-        return path
+        return path, ckpt
     raise LinregError(f"--ckpt_path last: none of the {len(found)} last*.ckpt files under {root} can be used")
 
 

@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from linreg.callbacks import Checkpoint, PredictionWriter
-from linreg.checkpoints import AtomicCheckpointIO, find_last_checkpoint, load_checkpoint, take_checkpoint_settings
+from linreg.checkpoints import AtomicCheckpointIO, open_checkpoint, take_checkpoint_settings
 from linreg.data import LinRegData
 from linreg.errors import LinregError
 from linreg.figures import FitFigures
@@ -116,10 +116,10 @@ class LinregCLI(LightningCLI):
             )
         if not cfg.get("ckpt_path"):
             return
-        if cfg.ckpt_path == "last":
-            cfg.ckpt_path = str(find_last_checkpoint("."))  # the default logger writes ./lightning_logs
+        path, ckpt = open_checkpoint(cfg.ckpt_path)
+        cfg.ckpt_path = str(path)
         given = self._given[sub] if self._given is not None else None
-        take_checkpoint_settings(cfg, given, load_checkpoint(cfg.ckpt_path))
+        take_checkpoint_settings(cfg, given, ckpt)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]

@@ -22,7 +22,7 @@ from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
 import linreg
-from linreg.checkpoints import find_last_checkpoint, load_checkpoint
+from linreg.checkpoints import open_checkpoint
 from linreg.errors import LinregError
 from linreg.io import atomic_write, check_output
 from linreg.tables import default_names
@@ -70,8 +70,7 @@ def export(ckpt_path: str | Path, output: str | Path, overwrite: bool = False) -
     fmt = check_export_output(out, overwrite)
     if fmt == "onnx":
         require_onnx_stack(out)
-    ckpt_file = find_last_checkpoint(".") if str(ckpt_path) == "last" else Path(ckpt_path)
-    ckpt = load_checkpoint(ckpt_file)
+    ckpt_file, ckpt = open_checkpoint(ckpt_path)
     hp = ckpt["hyper_parameters"]
     state = ckpt["state_dict"]
     missing = [k for k in ("model.lin.weight", "x_mean", "x_scale", "y_mean", "y_scale") if k not in state]
