@@ -1,34 +1,23 @@
 """linreg: linear regression as a real PyTorch Lightning pipeline, checked against the hand-written loop.
 
-Where things live (one concept per file), and which way the imports run::
+The folders are the layers; imports run downward only::
 
-    model.py          LinearRegression, the tutorial's custom nn.Module
-      ^
-    module.py         LinRegModule: the steps, the metrics, the optimizer
-    closed_form.py    the float64 least-squares solver, and ClosedForm, the callback that runs it
-    figures.py        FitFigures, the callback that draws the fit
-
-    streams.py        Parquet and CSV tables larger than memory, read by row range (pyarrow)
-      ^
-    tables.py         reading and checking CSV / Parquet / NPZ / NPY tables (never imports Lightning)
-      ^
-    batches.py        Batches: order, shuffling, DDP sharding, grouping, resume state
-      ^
-    data.py           LinRegData, the LightningDataModule
-
-    checkpoints.py    atomic checkpoint writes, weights-only loading, --ckpt_path last, flags against the checkpoint
-    summary.py        the fit summary (printed table, summary.json)
-    callbacks.py      the checkpoint policy (signals) and the prediction writer
-    export.py         `linreg export`: ONNX and torch.export programs
-    io.py, errors.py  atomic writes; LinregError, the one error type for user mistakes
-      ^
-    cli.py            `linreg`: LightningCLI wiring; everything above is imported from here
-
-    reference.py      the tutorial's four loops, the yardstick (with tutorial_data.py, the tutorial's tensors)
+    cli/        the ``linreg`` command: LightningCLI wiring, --ckpt_path, the fit summary, export
+    training/   the LightningModule, its metrics and callbacks (closed form, checkpoints, predictions, figures)
+    data/       tables read whole or streamed, batches, the LightningDataModule
+    tutorial/   the seed tutorial's data and its four hand-written loops
+    lstsq/      the float64 least-squares solver, penalties, inference, the SGD step (no Lightning)
+    model.py, errors.py, io.py   the tutorial's nn.Module, LinRegError, atomic file writes
 """
 
-from linreg.errors import LinregError
+from importlib.metadata import PackageNotFoundError, version
+
+from linreg.errors import LinRegError
 from linreg.model import LinearRegression
 
-__all__ = ["LinearRegression", "LinregError"]
-__version__ = "0.1.0"
+try:
+    __version__ = version("linreg")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["LinRegError", "LinearRegression", "__version__"]

@@ -1,10 +1,10 @@
 """The one error type for user mistakes.
 
 Anything a user can fix (a bad path, a missing column, a NaN, a flag that contradicts a checkpoint)
-raises ``LinregError``; the CLI prints it as one line and exits 1. Everything else is a bug and keeps
+raises ``LinRegError``; the CLI prints it as one line and exits 1. Everything else is a bug and keeps
 its traceback.
 """
 
 
-class LinregError(Exception):
+class LinRegError(Exception):
     """A mistake in the user's input, explained in one line."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from linreg.errors import LinregError
+from linreg.errors import LinRegError
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 # Failures to write that are the machine's state, not a bug: one line, not a traceback.
@@ -32,17 +32,17 @@ def check_output(
     """Refuse an output we could not or should not write, before any work is done."""
     p = Path(path)
     if p.is_dir():
-        raise LinregError(f"--output {p} is a folder; give a file name")
+        raise LinRegError(f"--output {p} is a folder; give a file name")
     if p.suffix.lower() not in suffixes:
-        raise LinregError(f"--output {p}: the file name must end in {' or '.join(suffixes)}")
+        raise LinRegError(f"--output {p}: the file name must end in {' or '.join(suffixes)}")
     for given in inputs:
         if _same_or_inside(p, Path(given)):
             why = "is the input" if not Path(given).is_dir() else "is inside the input folder"
-            raise LinregError(f"--output {p} {why} {given}; write the predictions elsewhere")
+            raise LinRegError(f"--output {p} {why} {given}; write the predictions elsewhere")
     if p.exists() and not overwrite:
-        raise LinregError(f"--output {p} already exists; pass --overwrite true to replace it")
+        raise LinRegError(f"--output {p} already exists; pass --overwrite true to replace it")
     if not p.parent.exists():
-        raise LinregError(f"--output {p}: folder {p.parent} does not exist")
+        raise LinRegError(f"--output {p}: folder {p.parent} does not exist")
     check_writable(p.parent, f"--output {p}")
     return p
 
@@ -70,14 +70,14 @@ def check_writable(folder: str | Path, what: str, hint: str = "") -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise LinregError(f"{what}: cannot write in {existing} ({exc.strerror or exc}){hint}") from exc
+        raise LinRegError(f"{what}: cannot write in {existing} ({exc.strerror or exc}){hint}") from exc
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool = True) -> Path:
     """Write to a temporary file beside ``path``, then rename it over: readers see all or nothing."""
     p = Path(path)
     if p.exists() and not overwrite:
-        raise LinregError(f"{p} already exists; pass --overwrite true to replace it")
+        raise LinRegError(f"{p} already exists; pass --overwrite true to replace it")
     tmp = temporary(p)
     try:
         with writing(p):
@@ -96,7 +96,7 @@ def writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         why = exc.strerror or str(exc).strip().splitlines()[0]
-        raise LinregError(f"{path}: cannot write ({why})") from exc
+        raise LinRegError(f"{path}: cannot write ({why})") from exc
 
 
 def temporary(path: Path) -> Path:
@@ -104,7 +104,7 @@ def temporary(path: Path) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise LinregError(f"{path}: cannot write ({exc.strerror})") from exc
+        raise LinRegError(f"{path}: cannot write ({exc.strerror})") from exc
     os.close(fd)
     return Path(tmp)
 

@@ -63,9 +63,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from linreg.batches import Batches
-from linreg.cli import LinregCLI, quiet_lightning
-from linreg.closed_form import LeastSquares
+from linreg.cli import LinRegCLI, quiet_lightning
+from linreg.data.batches import Batches
+from linreg.lstsq import LeastSquares
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_CONFIG = ROOT / "configs" / "seed.yaml"
@@ -395,7 +395,7 @@ def lightning_rate(module: L.LightningModule, loader: Any, epochs: int, max_batc
 # -- (c) linreg ------------------------------------------------------------------------------------
 
 
-class TimedCLI(LinregCLI):
+class TimedCLI(LinRegCLI):
     """linreg's own CLI plus timer callbacks and the wall of ``trainer.fit``: the real path, timed from inside."""
 
     extra_callbacks: list[L.Callback] = []
@@ -495,7 +495,7 @@ def streaming(x: Tensor, y: Tensor, npz: Path, tmp: Path, opts: argparse.Namespa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from linreg.streams import Source
+    from linreg.data.streams import Source
 
     batch = max(opts.batch_sizes)
     folder = tmp / "parquet"

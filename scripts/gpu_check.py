@@ -20,8 +20,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from linreg.data import LinRegData
-from linreg.module import LinRegModule
+from linreg.data.datamodule import LinRegData
+from linreg.training.module import LinRegModule
 
 ROOT = Path(__file__).resolve().parents[1]
 N, D, BATCH = 10_000_000, 64, 65_536

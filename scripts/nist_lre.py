@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from linreg.closed_form import LeastSquares
+from linreg.lstsq import LeastSquares
 
 NIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "nist"
 

@@ -1,6 +1,6 @@
-"""Print the tutorial's four transcripts, reproduced by linreg.reference (stages 3 and 4 seeded)."""
+"""Print the tutorial's four transcripts, reproduced by linreg.tutorial.stages (stages 3 and 4 seeded)."""
 
-from linreg import reference
+from linreg.tutorial import stages as reference
 
 STAGES = (
     ("Stage 1: manual gradient descent", reference.stage1_manual_gradient),

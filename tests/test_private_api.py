@@ -45,7 +45,7 @@ def test_torchmetrics_mean_metric_weights_rows() -> None:
     """The epoch loss is a row-weighted MeanMetric: guard the weighting (nan_strategy "disable" drops it)."""
     import torch
 
-    from linreg.module import _epoch_loss
+    from linreg.training.module import _epoch_loss
 
     loss = _epoch_loss()
     loss.update(torch.tensor(2.0, dtype=torch.float64), 5)

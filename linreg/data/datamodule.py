@@ -1,0 +1,424 @@
+"""The LightningDataModule: which rows are training, validation, test and prediction rows.
+
+It reads the table (``tables``), splits it, keeps the standardization statistics of the training
+rows, and hands each stage a ``Batches`` (``batches``). With no ``path`` it serves the tutorial's
+four points.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from linreg.data.batches import Batches, Shuffle
+from linreg.data.streams import StreamRows
+from linreg.data.tables import (
+    CHUNK_ROWS,
+    RecordRows,
+    Rows,
+    Table,
+    default_names,
+    fingerprint,
+    fingerprint_change,
+    mean_scale,
+    read_table,
+)
+from linreg.errors import LinRegError
+from linreg.tutorial.data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
+
+OUT_OF_CORE_BATCH = 65_536  # rows per batch when evaluating or predicting a table read from disk
+
+
+def _counts_steps(trainer: L.Trainer) -> bool:
+    """Whether a trainer limit counts training steps (which are groups of updates, see ``Batches``)."""
+    limit, interval = trainer.limit_train_batches, trainer.val_check_interval
+    return trainer.max_steps != -1 or limit not in (None, 1.0) or (isinstance(interval, int) and interval != 1)
+
+
+class LinRegData(L.LightningDataModule):
+    """Serves X/Y for fit, validate, test and predict.
+
+    With no ``path`` it serves the tutorial's X=[[1],[2],[3],[4]], Y=2X and predicts X_test=[[5]].
+    The table is read when the CLI first asks for the feature names (to size the model), so a bad
+    file fails before any trainer, log folder or checkpoint exists.
+
+    Args:
+        path: CSV (with a header), Parquet, or NPZ with arrays ``X`` (n×d) and ``y`` (n or n×k).
+        target: target column, or a list of them for multi-output regression (default: ``y``).
+        features: feature columns (default: every other numeric column).
+        id_column: a column passed through to prediction files, never used as a feature.
+        val_path: a separate validation table (instead of ``val_fraction``).
+        test_path: a separate test table (instead of ``test_fraction``).
+        val_fraction: share of rows held out for validation; 0 means none.
+        test_fraction: share of rows held out for testing; 0 means none.
+        seed: seeds the split and the shuffling, so a run is reproducible and resumable.
+        batch_size: rows per optimizer step; default: all training rows (the tutorial's full batch).
+        shuffle: ``blocks`` (default), ``rows`` or ``none``; see ``Batches``.
+        standardize: standardize features with training-split statistics kept in the checkpoint.
+            ``auto`` (default): on for a table (``path``) or tensors, off for the tutorial's built-in data.
+        standardize_target: standardize targets too (only with ``standardize``).
+        rows_per_step: consecutive batches are grouped into one Lightning step until they hold about
+            this many rows (see ``Batches``); 0 means one batch per step. Results do not change.
+        stream: read Parquet and CSV tables by row range as training goes instead of whole (see
+            ``streams``). ``auto``: folders, globs and files larger than memory comfortably holds.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        target: str | list[str] | None = None,
+        features: list[str] | None = None,
+        id_column: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        val_fraction: float = 0.0,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+        batch_size: int | None = None,
+        shuffle: Shuffle = "blocks",
+        standardize: bool | Literal["auto"] = "auto",
+        standardize_target: bool = False,
+        rows_per_step: int = 262_144,
+        stream: bool | Literal["auto"] = "auto",
+    ) -> None:
+        super().__init__()
+        # The model's hyperparameters hold the decided value (linked from ``self.standardize``); here it
+        # may still be "auto", which Lightning would report as a conflict with the model's.
+        self.save_hyperparameters(ignore=["standardize"])
+        if standardize == "auto":  # raw units need a step tuned to each column's scale; standardized ones don't
+            standardize = path is not None
+        for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= frac < 1.0:
+                raise LinRegError(f"--data.{name} must be in [0, 1), got {frac}")
+        if val_fraction + test_fraction >= 1.0:
+            raise LinRegError("--data.val_fraction + --data.test_fraction must leave training rows (sum < 1)")
+        if val_path and val_fraction:
+            raise LinRegError("give --data.val_path or --data.val_fraction, not both")
+        if test_path and test_fraction:
+            raise LinRegError("give --data.test_path or --data.test_fraction, not both")
+        if batch_size is not None and batch_size < 1:
+            raise LinRegError(f"--data.batch_size must be at least 1, got {batch_size}")
+        if standardize_target and not standardize:
+            raise LinRegError("--data.standardize_target needs --data.standardize true")
+        self.path, self.id_column = path, id_column
+        self.standardize, self.standardize_target = standardize, standardize_target
+        self._target = [target] if isinstance(target, str) else (list(target) if target else None)
+        self._features = list(features) if features else None
+        self._table: Table | None = None
+        self._tensors: tuple[Tensor, Tensor | None] | None = None
+        # Each split as the file holds it (``_exact``: what the least-squares solver reads) and as
+        # SGD trains on it (``_splits``: float32, or float64 under --trainer.precision 64-true).
+        self._exact: dict[str, tuple[Rows, Rows | None]] = {}
+        self._splits: dict[str, tuple[Rows, Rows | None]] = {}
+        self.dtype = torch.float32
+        self.scaling: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self.target_mean: Tensor | None = None
+        self._fingerprint: list[list[str | int]] | None = None
+        self._train_batches: Batches | list = []
+
+    @classmethod
+    def from_tensors(cls, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> LinRegData:
+        """Data from Python: ``x`` (n×d), ``y`` (n or n×k); columns are named x0.. and y0.. (or x, y)."""
+        dm = cls(**{"standardize": kwargs.pop("standardize", True), **kwargs})
+        x = x.reshape(-1, 1) if x.ndim == 1 else x
+        if y is not None:
+            y = y.reshape(-1, 1) if y.ndim == 1 else y
+        for name, t in (("x", x), ("y", y)):
+            if t is not None and not torch.isfinite(t).all():
+                raise LinRegError(f"from_tensors: {name} holds NaN or inf")
+        dm._tensors = (x.contiguous(), None if y is None else y.contiguous())
+        dm._features = default_names("x", x.shape[1])
+        k = 1 if y is None else y.shape[1]
+        dm._target = default_names("y", k)
+        return dm
+
+    # -- names, resolved from the table header (what the CLI links into the model) --------------
+
+    def _load(self) -> Table | None:
+        if self.path is not None and self._table is None:
+            self._table = read_table(self.path, self.hparams.stream)
+            self._target = self._target or self._table.implied_targets or None
+            if self._target is None:
+                raise LinRegError(
+                    f"{self.path}: no column named 'y'; name the target with --data.target "
+                    f"(columns are {self._table.columns})"
+                )
+        return self._table
+
+    @property
+    def target_names(self) -> list[str]:
+        self._load()
+        return self._target or ["y"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        table = self._load()
+        if self._features is None:
+            if table is None:
+                return ["x"]
+            skip = set(self.target_names) | {self.id_column}
+            self._features = [c for c in table.columns if c not in skip and table.looks_numeric(c)]
+            if not self._features:
+                raise LinRegError(f"{self.path}: no numeric feature columns besides the target {self.target_names}")
+        overlap = sorted(set(self._features) & set(self.target_names))
+        if overlap:
+            raise LinRegError(f"columns {overlap} are both features and targets")
+        return self._features
+
+    @property
+    def in_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def out_features(self) -> int:
+        return len(self.target_names)
+
+    # -- tensors ---------------------------------------------------------------------------------
+
+    def _xy(self, table: Table, need_target: bool) -> tuple[Rows, Rows | None]:
+        """Features and targets as the file holds them (see ``Table.matrix``)."""
+        fit32 = self.dtype == torch.float32
+        x = table.matrix(self.feature_names, dtype=None, fit_float32=fit32)
+        if not need_target:
+            return x, None
+        missing = [t for t in self.target_names if t not in table.columns]
+        if missing:
+            raise LinRegError(f"{table.source}: no target column(s) {missing}; columns are {table.columns}")
+        return x, table.matrix(self.target_names, dtype=None, fit_float32=fit32)
+
+    def _all(self, need_target: bool) -> tuple[Rows, Rows | None]:
+        if self._tensors is not None:
+            x, y = self._tensors
+            if need_target and y is None:
+                raise LinRegError("from_tensors: this stage needs targets; pass y")
+            return x, y
+        table = self._load()
+        if table is None:
+            return X_TUTORIAL.clone(), Y_TUTORIAL.clone()
+        return self._xy(table, need_target)
+
+    def _split(self) -> None:
+        """Fractions take a seeded random subset; training rows keep their file order."""
+        x, y = self._all(need_target=True)
+        n = x.shape[0]
+        hp = self.hparams
+        n_test = round(hp.test_fraction * n)
+        n_val = round(hp.val_fraction * n)
+        for name, frac, count in (
+            ("test_fraction", hp.test_fraction, n_test),
+            ("val_fraction", hp.val_fraction, n_val),
+        ):
+            if frac > 0 and count == 0:
+                raise LinRegError(f"--data.{name} {frac} of {n} rows is no row at all: too few rows for this split")
+        if n - n_test - n_val < 1:
+            raise LinRegError(f"{self.path}: {n} rows leave no training rows after the requested splits")
+        if (n_test or n_val) and isinstance(x, (RecordRows, StreamRows)):
+            raise LinRegError(
+                f"{self.path}: a random split would read the whole table into memory; "
+                "give --data.val_path / --data.test_path instead of fractions"
+            )
+        if n_test or n_val:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
+            test_idx, val_idx = perm[:n_test].sort().values, perm[n_test : n_test + n_val].sort().values
+            train_idx = perm[n_test + n_val :].sort().values
+            self._exact["test"] = (x[test_idx], y[test_idx])
+            self._exact["val"] = (x[val_idx], y[val_idx])
+            x, y = x[train_idx], y[train_idx]
+        for key, path in (("val", hp.val_path), ("test", hp.test_path)):
+            if path:
+                self._exact[key] = self._xy(read_table(path, hp.stream), need_target=True)
+        self._exact["train"] = (x, y)
+        y_mean, y_scale = mean_scale(y)
+        self.target_mean = y_mean
+        if self.standardize:
+            x_mean, x_scale = mean_scale(x)
+            if not hp.standardize_target:
+                y_mean, y_scale = torch.zeros(y.shape[1]), torch.ones(y.shape[1])
+            self.scaling = (x_mean, x_scale, y_mean, y_scale)
+
+    def check(self, stage: str) -> None:
+        """Read and validate everything ``stage`` needs, so bad input fails before any run starts."""
+        if stage == "predict":
+            self._predict_x()
+            return
+        if "train" not in self._exact:
+            self._split()
+        if stage == "fit":
+            self._check_out_of_core(self._exact["train"][0])
+            if self.path is not None:
+                self._fingerprint = fingerprint(self.path)  # the table as this fit reads it
+        if stage in ("validate", "test"):
+            key = "val" if stage == "validate" else "test"
+            if key not in self._exact:
+                # Without a held-out split, validate/test evaluate on the whole table.
+                self._exact[key] = self._all(need_target=True)
+        for key, (x, y) in self._exact.items():
+            if key not in self._splits or self._splits[key][0].dtype != self.dtype:
+                # Targets stay as the file holds them: the loss casts them to the model's dtype, and the
+                # metrics compare predictions with the true values, not with their float32 rounding.
+                self._splits[key] = (self._as_dtype(x), y)
+
+    def _check_out_of_core(self, x: Rows) -> None:
+        """Training on rows read from disk as it goes: batches bounded, and an order the format can serve."""
+        hp = self.hparams
+        if not isinstance(x, (RecordRows, StreamRows)):
+            return
+        if hp.batch_size is None:
+            raise LinRegError(
+                f"{self.path}: a table read from disk as training goes needs --data.batch_size "
+                "(a full batch would hold the whole table in memory at once), e.g. 65536"
+            )
+        if isinstance(x, StreamRows) and (hp.shuffle == "rows" or (hp.shuffle == "blocks" and x.source.kind == "csv")):
+            raise LinRegError(
+                f"{self.path}: a streamed {x.source.kind.upper()} table is read in row ranges, "
+                + (
+                    "in file order; use --data.shuffle none, or Parquet for shuffled epochs"
+                    if x.source.kind == "csv"
+                    else "so --data.shuffle rows would read it row by row; use blocks or none"
+                )
+            )
+
+    def set_precision(self, precision: str) -> None:
+        """Serve SGD float64 rows under a 64-bit precision (``--trainer.precision 64-true``), float32 otherwise."""
+        self.dtype = torch.float64 if str(precision).startswith("64") else torch.float32
+
+    def _as_dtype(self, rows: Rows) -> Rows:
+        if isinstance(rows, RecordRows):
+            return rows if rows.dtype == self.dtype else RecordRows(rows.records, rows.names, self.dtype)
+        if isinstance(rows, StreamRows):
+            return rows if rows.dtype == self.dtype else StreamRows(rows.source, rows.names, self.dtype)
+        return rows if rows.dtype == self.dtype else rows.to(self.dtype)
+
+    def _predict_x(self) -> Rows:
+        if "predict" not in self._exact:
+            if self._tensors is not None:
+                x = self._tensors[0]
+            elif self.path is None:
+                x = X_TEST_TUTORIAL.clone()
+            else:
+                table = self._load()
+                allowed = set(self.feature_names) | set(self.target_names) | {self.id_column}
+                missing = [c for c in self.feature_names if c not in table.columns]
+                extra = [c for c in table.columns if c not in allowed]
+                if missing or extra:
+                    parts = [
+                        f"missing feature column(s) {missing}" if missing else "",
+                        f"unexpected column(s) {extra} (pass an id column with --data.id_column)" if extra else "",
+                    ]
+                    raise LinRegError(
+                        f"{self.path}: "
+                        + "; ".join(p for p in parts if p)
+                        + f"; the model expects features {self.feature_names}"
+                    )
+                x = table.matrix(self.feature_names, dtype=None, fit_float32=self.dtype == torch.float32)
+            self._exact["predict"] = (x, None)
+        x = self._exact["predict"][0]
+        self._splits["predict"] = (self._as_dtype(x), None)
+        return self._splits["predict"][0]
+
+    @property
+    def predict_ids(self) -> np.ndarray | None:
+        table = self._load()
+        if table is None or self.id_column is None:
+            return None
+        if self.id_column not in table.columns:
+            raise LinRegError(f"{self.path}: no id column {self.id_column!r}; columns are {table.columns}")
+        return table.column(self.id_column)
+
+    @property
+    def val_rows(self) -> int:
+        """Rows a fit validates on (a validation table or fraction), all ranks together."""
+        return self._exact["val"][0].shape[0] if "val" in self._exact else 0
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The training table's fingerprint, kept in every checkpoint (Lightning calls this on save)."""
+        if self.path is None:
+            return {}
+        if self._fingerprint is None:  # once per run: a checkpoint every epoch would rehash the files
+            self._fingerprint = fingerprint(self.path)
+        batches = self._train_batches
+        mid_epoch = isinstance(batches, Batches) and 0 < batches.served < len(batches)
+        return {"train_table": self._fingerprint, "mid_epoch": mid_epoch}
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A fit resumed on a table that changed since its checkpoint: refused when the checkpoint
+        stopped mid-epoch (the rest of that epoch, its running loss and metrics belong to the rows it
+        started on); said in one line otherwise (training on from the saved weights, a warm start,
+        is a use). Validate, test and predict take any table."""
+        saved = state.get("train_table")
+        if saved is None or self.path is None or self.trainer is None or self.trainer.state.fn != "fit":
+            return
+        change = fingerprint_change(saved, self.state_dict()["train_table"])
+        if change and state.get("mid_epoch"):
+            raise LinRegError(
+                f"{self.path} changed since the checkpoint was written ({change}), which stopped in the middle "
+                "of an epoch; resume on the same table, or start a new fit (without --ckpt_path)"
+            )
+        if change and self.trainer.is_global_zero:
+            print(
+                f"linreg: note: {self.path} changed since the checkpoint ({change}); training goes on from the "
+                "checkpoint's weights on the table as it is now",
+                file=sys.stderr,
+            )
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None:
+            self.set_precision(self.trainer.precision)
+        self.check(stage)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def exact_batches(self, batch_size: int = 65_536) -> Batches | list:
+        """This rank's share of the training rows as the file holds them, in order: the solver's pass."""
+        if "train" not in self._exact:
+            return []
+        x, y = self._exact["train"]
+        if isinstance(x, (RecordRows, StreamRows)):  # out of core: resident memory stays at about one training batch
+            batch_size = min(batch_size, self.hparams.batch_size or CHUNK_ROWS, CHUNK_ROWS)
+        rank, world = self._rank()
+        return Batches(x, y, batch_size, "none", 0, rank, world)
+
+    def _batches(self, key: str, shuffle: Shuffle = "none", with_index: bool = False) -> Batches | list:
+        if key not in self._splits:
+            return []
+        x, y = self._splits[key]
+        rank, world = self._rank()
+        hp = self.hparams
+        group = max(1, hp.rows_per_step // (hp.batch_size or x.shape[0] or 1)) if key == "train" else 1
+        batch_size = hp.batch_size
+        if isinstance(x, (RecordRows, StreamRows)):
+            group = 1  # a group would hold its rows in memory at once; out of core, one batch at a time
+            batch_size = batch_size or OUT_OF_CORE_BATCH  # evaluating and predicting: any batch gives the same
+        if self.trainer is not None and _counts_steps(self.trainer):
+            group = 1  # the user counts SGD updates: one per Lightning step, so Lightning counts them too
+        return Batches(x, y, batch_size, shuffle, hp.seed, rank, world, with_index, group)
+
+    @override
+    def train_dataloader(self) -> Batches | list:
+        self._train_batches = self._batches("train", shuffle=self.hparams.shuffle)  # where the epoch stands
+        return self._train_batches
+
+    @override
+    def val_dataloader(self) -> Batches | list:
+        return self._batches("val")
+
+    @override
+    def test_dataloader(self) -> Batches | list:
+        return self._batches("test")
+
+    @override
+    def predict_dataloader(self) -> Batches | list:
+        return self._batches("predict", with_index=True)

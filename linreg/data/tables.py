@@ -1,0 +1,392 @@
+"""Tables as input: reading CSV, Parquet, NPZ and structured ``.npy`` files, and checking every value.
+
+Nothing here knows about Lightning: this is the layer a user's file meets first, and the only one
+that turns a parser's complaint into a ``LinRegError`` naming the file, the column and the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from linreg.data.streams import CSV, Source, StreamRows, check_finite, expand, reason
+from linreg.errors import LinRegError
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a table is read: it costs a third of a second at start-up
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")  # and .csv.gz; folders and globs of Parquet or CSV
+
+
+def default_names(prefix: str, count: int) -> list[str]:
+    """Column names for unnamed data: ``x`` for a single column, ``x0, x1, ...`` otherwise.
+
+    One rule for every place that needs a name (tables without a header, tensors from Python, the
+    summary and figures of a model without stored names), so a column is never ``x`` in one and ``x0``
+    in another.
+    """
+    return [prefix] if count == 1 else [f"{prefix}{i}" for i in range(count)]
+
+
+class Table:
+    """A table's columns by name, whatever the file format; values are converted only when asked.
+
+    CSV and Parquet come through pandas; NPZ arrays and memory-mapped ``.npy`` files stay numpy, so
+    a large float32 table reaches training without a pandas copy (``.npy`` without reading it into
+    memory at all).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        frame: pd.DataFrame | None = None,
+        arrays: dict[str, tuple[np.ndarray, int]] | None = None,
+        records: np.ndarray | None = None,
+        stream: Source | None = None,
+        implied_targets: Sequence[str] = (),
+    ) -> None:
+        self.source, self.frame, self.arrays, self.records = source, frame, arrays, records
+        self.stream = stream
+        self.implied_targets = list(implied_targets)
+        if stream is not None:
+            self.columns = stream.columns
+        elif frame is not None:
+            self.columns = [str(c) for c in frame.columns]
+            frame.columns = self.columns
+            duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            if duplicated:
+                raise LinRegError(f"{source}: duplicate column names {duplicated}")
+            self.n_rows = len(frame)
+        elif arrays is not None:
+            self.columns = list(arrays)
+            self.n_rows = next(iter(arrays.values()))[0].shape[0] if arrays else 0
+        else:
+            assert records is not None
+            self.columns = list(records.dtype.names)
+            self.n_rows = records.shape[0]
+        if stream is None and self.n_rows == 0:
+            raise LinRegError(f"{source}: no data rows (columns {self.columns}, but no rows under them)")
+
+    def _dtype(self, name: str) -> np.dtype:
+        if self.frame is not None:
+            return self.frame[name].dtype
+        if self.arrays is not None:
+            return self.arrays[name][0].dtype
+        return self.records.dtype.fields[name][0]
+
+    def is_numeric(self, name: str) -> bool:
+        if self.stream is not None:
+            return self.stream.is_numeric(name)
+        dtype = self._dtype(name)
+        if getattr(dtype, "kind", "") == "c":  # complex would silently lose its imaginary part
+            return False
+        if self.frame is None:  # numpy arrays: no need to import pandas (and hold its memory) for this
+            return dtype.kind in "biuf"
+        import pandas as pd
+
+        return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+
+    def looks_numeric(self, name: str) -> bool:
+        """A text column where some cells parse as numbers is a numeric column with bad cells, not a label."""
+        if self.is_numeric(name):
+            return True
+        import pandas as pd
+
+        return self.frame is not None and bool(pd.to_numeric(self.frame[name], errors="coerce").notna().any())
+
+    def column(self, name: str) -> np.ndarray:
+        if self.stream is not None:  # one column of a streamed table (an id column): small enough to hold
+            return self.stream.column(name)
+        if self.frame is not None:
+            return self.frame[name].to_numpy()
+        if self.arrays is not None:
+            array, i = self.arrays[name]
+            return array[:, i]
+        return np.asarray(self.records[name])
+
+    def _check_columns(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name not in self.columns:
+                raise LinRegError(f"{self.source}: no column {name!r}; columns are {self.columns}")
+            if not self.is_numeric(name):
+                where = ""
+                if self.frame is not None:
+                    series = self.frame[name]
+                    import pandas as pd
+
+                    bad = (pd.to_numeric(series, errors="coerce").isna() & series.notna()).to_numpy()
+                    if bad.any():
+                        row = int(np.flatnonzero(bad)[0])
+                        where = f" (row {row + 1}: {series.iloc[row]!r})"
+                raise LinRegError(f"{self.source}: column {name!r} is not numeric{where}")
+
+    def matrix(
+        self, names: Sequence[str], dtype: torch.dtype | None = torch.float32, fit_float32: bool = False
+    ) -> Tensor | RecordRows:
+        """The columns as rows of ``dtype``, refusing anything that would train to NaN: text, NaN, inf.
+
+        ``dtype=None`` gives the values as the file holds them: float64 for CSV, Parquet and integer
+        columns, the stored float type for NPZ and NPY. That is what the least-squares solution is
+        computed from; SGD trains on a float32 copy unless the precision is 64-bit, so ``fit_float32``
+        also refuses values beyond float32's range.
+        """
+        names = list(names)
+        self._check_columns(names)
+        if self.stream is not None:
+            self.stream.check(names, fit_float32 or dtype == torch.float32)
+            self.n_rows = self.stream.n_rows
+            return self.stream.rows(names, dtype or self.stream.stored_dtype(names))
+        if self.records is not None:
+            fields = self.records.dtype.fields
+            stored = torch.float32 if all(fields[n][0] == np.float32 for n in names) else torch.float64
+            exact = RecordRows(self.records, names, stored)
+            for start in range(0, self.n_rows, CHUNK_ROWS):
+                chunk = exact[start : start + CHUNK_ROWS].numpy()
+                check_finite(chunk, names, self.source, start, fit_float32 or dtype == torch.float32)
+            return RecordRows(self.records, names, dtype or stored)
+        if self.arrays is not None:
+            array, first = self.arrays[names[0]]
+            idx = [self.arrays[n][1] for n in names]
+            same = all(self.arrays[n][0] is array for n in names)
+            if same and idx == list(range(first, first + len(names))):
+                values = array[:, first : first + len(names)]  # a view when the columns are contiguous
+            else:
+                values = np.stack([self.column(n) for n in names], axis=1)
+        else:
+            values = self.frame[names].to_numpy(np.float64, na_value=np.nan)  # nullable <NA> → NaN, named below
+        exact = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
+        want = {None: exact.dtype, torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}[dtype]
+        for start in range(0, exact.shape[0], CHUNK_ROWS):
+            to_float32 = fit_float32 or want == np.float32
+            check_finite(exact[start : start + CHUNK_ROWS], names, self.source, start, to_float32)
+        values = np.ascontiguousarray(exact, dtype=want)
+        return torch.from_numpy(values if values.flags.writeable else values.copy())
+
+
+CHUNK_ROWS = 1 << 13  # small chunks: bigger temporaries stay cached by the allocator (measured)
+
+
+class RecordRows:
+    """Rows of a memory-mapped structured ``.npy`` as tensors of one dtype, read slice by slice on demand.
+
+    Pages a slice touched are handed back to the kernel (``MADV_DONTNEED``) once copied out, so the
+    process's resident memory stays at about one batch however large the file: a plain memory map
+    would keep every page it ever read resident, and a pass over the file would cost its whole size.
+    """
+
+    def __init__(self, records: np.ndarray, names: Sequence[str], dtype: torch.dtype = torch.float32) -> None:
+        self.records, self.names, self.dtype = records, list(names), dtype
+        self._np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        self.shape = (records.shape[0], len(self.names))
+        fields = records.dtype.fields
+        # All-float32 packed records read as one 2-D view; anything else field by field.
+        self._packed = all(
+            fields[n][0] == np.float32 for n in records.dtype.names
+        ) and records.dtype.itemsize == 4 * len(fields)
+        self._cols = [records.dtype.names.index(n) for n in self.names]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> Tensor:
+        chunk = self.records[rows]
+        if self._packed:
+            flat = np.asarray(chunk).view(np.float32).reshape(chunk.shape[0], len(self.records.dtype.names))
+            out = np.ascontiguousarray(flat[:, self._cols], dtype=self._np_dtype)
+        else:
+            out = np.empty((chunk.shape[0], len(self.names)), dtype=self._np_dtype)
+            for j, name in enumerate(self.names):
+                out[:, j] = chunk[name]
+        if isinstance(rows, slice):
+            self._release(*rows.indices(self.shape[0])[:2])
+        return torch.from_numpy(out)
+
+    def _release(self, start: int, stop: int) -> None:
+        mapping = getattr(self.records, "_mmap", None)
+        if mapping is None or not hasattr(mmap, "MADV_DONTNEED") or stop <= start:
+            return
+        base = self.records.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 sits in the mapping
+        lo = base + start * self.records.itemsize
+        hi = min(base + stop * self.records.itemsize, len(mapping))
+        lo -= lo % mmap.PAGESIZE
+        mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def index_select(self, dim: int, index: Tensor) -> Tensor:
+        """Rows in the given order (the per-row shuffle): random reads, so slow on disk."""
+        return self[index.numpy()]
+
+
+STREAM_BYTES = 1 << 30  # auto streams a file larger than this (or than an eighth of physical memory)
+
+
+def _large(p: Path) -> bool:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 8 * STREAM_BYTES
+    return p.stat().st_size > min(STREAM_BYTES, memory // 8)
+
+
+def read_table(path: str | Path, stream: bool | str = "auto") -> Table:
+    """Open a table. Any failure to parse becomes a ``LinRegError`` naming the file: a user's file is
+    input, and input never surfaces as a raw pandas or numpy traceback.
+
+    ``stream``: read Parquet and CSV by row range as training goes (``streams``) instead of whole.
+    ``auto`` streams folders, globs and files too large to hold comfortably (``STREAM_BYTES``).
+    """
+    text = str(path)
+    many = os.path.isdir(text) or any(ch in text for ch in "*?[")
+    p = Path(path)
+    if not many and not p.is_file():
+        raise LinRegError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    name = p.name.lower()
+    suffix = ".csv" if name.endswith(CSV) else p.suffix.lower()
+    if not many and suffix not in TABLE_SUFFIXES:
+        raise LinRegError(
+            f"{p}: unsupported file type {suffix or '(none)'!r}; expected .csv, .csv.gz, .parquet, .npz or .npy"
+        )
+    try:
+        if suffix == ".npz" and not many:
+            return _read_npz(p)
+        if suffix == ".npy" and not many:
+            return _read_npy(p)
+        if many or stream is True or (stream == "auto" and _large(p)):
+            source = Source(text)
+            if many and stream is False:
+                return _whole(text, source)
+            return Table(text, stream=source, implied_targets=["y"] if "y" in source.columns else [])
+        import pandas as pd  # only for the text and Parquet formats: numpy tables start without it
+
+        frame = pd.read_csv(p) if suffix == ".csv" else pd.read_parquet(p)
+        if suffix == ".csv":
+            _check_csv_header(p)
+    except LinRegError:
+        raise
+    except Exception as exc:  # any parser failure on user input is a user error
+        raise LinRegError(f"{p}: cannot read as {suffix[1:] or 'a table'}: {reason(exc)}") from exc
+    return Table(str(p), frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
+
+
+FINGERPRINT_BLOCK = 1 << 20  # bytes hashed at each end of a file
+
+
+def fingerprint(path: str) -> list[list[str | int]]:
+    """What a checkpoint remembers of its training table, to tell a resumed fit that the table changed:
+    each file's name (within the folder or glob), size, and a hash of its first and last MiB.
+
+    Cheap for any size; an edit that keeps the size and touches neither end of a file larger than
+    2 MiB goes unseen. The names are relative, so a table moved or copied elsewhere is the same table.
+    """
+    files = expand(path)
+    base = path if os.path.isdir(path) else os.path.dirname(files[0]) if len(files) > 1 else None
+    prints: list[list[str | int]] = []
+    for file in files:
+        size = os.path.getsize(file)
+        digest = hashlib.blake2b(digest_size=16)
+        with open(file, "rb") as f:
+            digest.update(f.read(FINGERPRINT_BLOCK))
+            if size > FINGERPRINT_BLOCK:
+                f.seek(max(FINGERPRINT_BLOCK, size - FINGERPRINT_BLOCK))
+                digest.update(f.read())
+        name = os.path.relpath(file, base) if base else os.path.basename(file)
+        prints.append([name, size, digest.hexdigest()])
+    return prints
+
+
+def fingerprint_change(saved: list[list[str | int]], now: list[list[str | int]]) -> str | None:
+    """What changed between two fingerprints, in words, or None."""
+    before, after = {p[0]: p[1:] for p in saved}, {p[0]: p[1:] for p in now}
+    if len(before) == 1 and len(after) == 1:  # one file, perhaps renamed: compare it
+        before, after = {"": next(iter(before.values()))}, {"": next(iter(after.values()))}
+    changes = [f"{name} added" for name in after if name not in before]
+    changes += [f"{name} removed" for name in before if name not in after]
+    for name in before.keys() & after.keys():
+        (size0, hash0), (size1, hash1) = before[name], after[name]
+        what = f"size {size0} then, {size1} now" if size0 != size1 else "contents differ" if hash0 != hash1 else ""
+        if what:
+            changes.append(f"{name + ': ' if name else ''}{what}")
+    return "; ".join(sorted(changes)) or None
+
+
+def _check_csv_header(p: Path) -> None:
+    """Refuse repeated column names: pandas renames a second "x" to "x.1", and linreg would then train
+    on a column the file never named."""
+    import csv
+    import gzip
+
+    with (gzip.open if p.name.lower().endswith(".gz") else open)(p, "rt", newline="", encoding="utf-8-sig") as f:
+        header = [name for name in next(csv.reader(f), []) if name]
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise LinRegError(f"{p}: duplicate column names {duplicated}")
+
+
+def _whole(path: str, source: Source) -> Table:
+    """A folder or glob of parts read into memory (``--data.stream false``), in file order."""
+    import pandas as pd
+
+    frames = [pd.read_parquet(f) if source.kind == "parquet" else pd.read_csv(f) for f in source.files]
+    frame = pd.concat(frames, ignore_index=True)
+    if len(frame) == 0:
+        raise LinRegError(f"{path}: no data rows")
+    return Table(path, frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
+
+
+def _read_npz(p: Path) -> Table:
+    with np.load(p, allow_pickle=False) as npz:
+        if "X" not in npz.files:
+            raise LinRegError(f"{p}: an .npz needs an array named 'X' (n×d); found {sorted(npz.files)}")
+        X = npz["X"]
+        y = npz["y"] if "y" in npz.files else None
+    X = X.reshape(-1, 1) if X.ndim == 1 else X
+    if X.ndim != 2:
+        raise LinRegError(f"{p}: array 'X' must be 2-D (n×d), got shape {tuple(X.shape)}")
+    names = default_names("x", X.shape[1])
+    arrays = {name: (X, i) for i, name in enumerate(names)}
+    targets: list[str] = []
+    if y is not None:
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if y.ndim != 2 or y.shape[0] != X.shape[0]:
+            raise LinRegError(f"{p}: array 'y' must have {X.shape[0]} rows like 'X', got shape {tuple(y.shape)}")
+        targets = default_names("y", y.shape[1])
+        arrays.update({name: (y, i) for i, name in enumerate(targets)})
+    return Table(str(p), arrays=arrays, implied_targets=targets)
+
+
+def _read_npy(p: Path) -> Table:
+    records = np.load(p, mmap_mode="r", allow_pickle=False)
+    if records.dtype.names is None or records.ndim != 1:
+        raise LinRegError(
+            f"{p}: an .npy table must be a 1-D structured array with one named field per column "
+            f"(got dtype {records.dtype}, shape {records.shape})"
+        )
+    return Table(str(p), records=records, implied_targets=["y"] if "y" in records.dtype.names else [])
+
+
+Rows = Tensor | RecordRows | StreamRows
+
+
+def mean_scale(x: Rows) -> tuple[Tensor, Tensor]:
+    """Column means and standard deviations (population) in float64, chunk by chunk; 0 becomes 1.
+
+    Sums are taken around the first chunk's mean, so a column like a year (mean 1950, spread 5)
+    or a target near 1e6 keeps its spread instead of losing it to cancellation.
+    """
+    shift = x[0:CHUNK_ROWS].double().mean(0)
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        chunk = x[start : start + CHUNK_ROWS].double() - shift
+        total += chunk.sum(0)
+        squares += (chunk * chunk).sum(0)
+    mean = total / x.shape[0]
+    std = (squares / x.shape[0] - mean * mean).clamp_min(0).sqrt()
+    return shift + mean, torch.where(std > 0, std, torch.ones_like(std))
