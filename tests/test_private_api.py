@@ -39,15 +39,3 @@ def test_private_trainer_and_checkpoint_state_exist(tmp_path) -> None:
     assert hasattr(trainer, "_signal_connector") and hasattr(trainer._signal_connector, "received_sigterm")
     assert hasattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch")
     assert hasattr(ModelCheckpoint(), "_last_global_step_saved")
-
-
-def test_torchmetrics_mean_metric_weights_rows() -> None:
-    """The epoch loss is a row-weighted MeanMetric: guard the weighting (nan_strategy "disable" drops it)."""
-    import torch
-
-    from linreg.training.module import _epoch_loss
-
-    loss = _epoch_loss()
-    loss.update(torch.tensor(2.0, dtype=torch.float64), 5)
-    loss.update(torch.tensor(4.0, dtype=torch.float64), 1)
-    assert float(loss.compute()) == (2.0 * 5 + 4.0) / 6

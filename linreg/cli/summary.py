@@ -52,8 +52,8 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             entry["closed_form"]["dropped"] = list(opt.dropped[j])
         entry["inference"] = inference[j] if inference else None
         per_target[t] = entry
-    optimizer = trainer.optimizers[0] if trainer.optimizers else None
-    group = optimizer.param_groups[0] if optimizer is not None else {}
+    groups = trainer.optimizers[0].param_groups if hp.solver == "sgd" and trainer.optimizers else []
+    group = groups[0] if groups else {}
     summary = {
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
@@ -65,7 +65,7 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         "optimum": None
         if opt is None
         else {
-            # With penalties, these two are the penalized objective in the model's units (see ClosedForm).
+            # With penalties, these two are the penalized objective in the model's units (ExactSolution.compared).
             "penalized": bool(hp.l1 or hp.l2),
             "mse": opt.mse,
             "sgd_mse": opt.sgd_mse,
@@ -79,7 +79,7 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         else {
             "lr": group.get("lr"),
             "momentum": group.get("momentum"),
-            "averaged_from_epoch": model.average_from,
+            "averaged_from_epoch": model.averaging.start_epoch if model.averaging is not None else None,
             "condition_number": _condition(model),
         },
         "checkpoint": trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None,
@@ -94,9 +94,7 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
 
 
 def _condition(model: LinRegModule) -> float | None:
-    if model.curvature is None or model.curvature[1] <= 0:
-        return None
-    return model.curvature[0] / model.curvature[1]
+    return model.exact.condition_number if model.exact is not None else None
 
 
 def _minibatch(trainer: Any) -> bool:

@@ -21,7 +21,7 @@ estimators fit on the same (standardized) one-target table of n rows map as::
 
 With k targets the MSE is also averaged over the targets, so in those formulas n becomes n·k.
 
-``ClosedForm`` is the callback that runs it over a fit's training rows (see its docstring).
+``linreg.training.exact.ExactSolution`` runs it over a fit's training rows.
 """
 
 from __future__ import annotations

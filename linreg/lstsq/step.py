@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import torch
+from torch import Tensor
+
 SAFETY = 1.2  # the automatic step is tuned for a largest eigenvalue this much larger than measured
 
 
@@ -37,3 +40,18 @@ def auto_step(
     if batch is not None:
         step = min(step / (1 - beta), 1.0 / big, batch / r2) * (1 - beta)
     return step, beta
+
+
+def curvature(gram: Tensor, rows: int, targets: int, l2: float, features: int) -> tuple[float, float, float]:
+    """The largest and smallest eigenvalue of the Hessian of nn.MSELoss (a mean over rows and targets)
+    + l2·‖W‖², and its mean squared row norm R², from the design's Gram matrix AᵀA (``LeastSquares.gram``).
+
+    Exactly collinear directions (eigenvalues below 1e-12 of the largest) do not count as the smallest.
+    """
+    hessian = gram * (2.0 / (rows * targets))
+    hessian.diagonal()[:features] += 2.0 * l2  # the ridge penalty's curvature (not the intercept's)
+    eig = torch.linalg.eigvalsh(hessian)
+    big = float(eig[-1])
+    small = float(eig[eig > big * 1e-12][0]) if big > 0 else 0.0
+    r2 = float(torch.diagonal(gram).sum()) * 2.0 / (rows * targets)
+    return big, small, r2

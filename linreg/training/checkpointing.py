@@ -136,7 +136,7 @@ class CheckpointPolicy(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_signals()
         # Always: an epoch's checkpoint may already hold this step, but the model the fit ends with can
-        # differ from it (ClosedForm puts the average of the iterates in after the last epoch).
+        # differ from it (FinalModel puts the average of the iterates in after the last epoch).
         self._last_global_step_saved = -1
         if not trainer.fast_dev_run:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

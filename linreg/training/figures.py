@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ Figure = Any
 
 MAX_POINTS = 5000  # more points only hide the pattern and slow the drawing
 MAX_PANELS = 8  # one panel per target, up to this many
+RESERVE = 1 << 16  # bytes a figure leaves free on the disk, for the event file's last writes
 
 
 def _subsample(tensors: tuple[Tensor, ...], max_points: int) -> tuple[np.ndarray, ...]:
@@ -210,6 +212,10 @@ class FitFigures(L.Callback):
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png")  # rendered once, for the file and for TensorBoard
             png = buffer.getvalue()
+            free = shutil.disk_usage(folder).free
+            if free < 2 * len(png) + RESERVE:  # the PNG and its copy in the event file; the logs need room too
+                rank_zero_warn(f"linreg: fit figure {name} skipped: {free // 1024} KiB free in {folder}")
+                continue
             atomic_write(folder / f"{name}.png", lambda tmp, png=png: tmp.write_bytes(png))
             if isinstance(trainer.logger, TensorBoardLogger):
                 width, height = (int(v) for v in fig.canvas.get_width_height())

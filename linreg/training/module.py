@@ -1,7 +1,9 @@
 """The LightningModule: the tutorial's stage 4 (custom module, MSE, SGD) with the loop handed to Lightning.
 
-It holds the steps, the metrics and the optimizer. The closed-form pass (``closed_form.ClosedForm``)
-and the fit figures (``figures.FitFigures``) are callbacks beside it.
+The module owns every piece of a fit's state: the weights and standardization (``model``, buffers), the
+exact solution and what SGD takes from it (``exact``), the tail average (``averaging``), the epoch sums
+(``train_sums``...). Callbacks call its public methods (``finish_training``) and never write into it.
+Converting coefficients between the model's coordinates and original units is ``coefficients.py``.
 """
 
 from __future__ import annotations
@@ -13,49 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
-from torchmetrics import MeanMetric, Metric, MetricCollection
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 from typing_extensions import override
 
 from linreg.data.tables import default_names
 from linreg.errors import LinRegError
+from linreg.lstsq import auto_step
 from linreg.model import LinearRegression
+from linreg.training import coefficients as coef_units
+from linreg.training.averaging import TailAverage
+from linreg.training.exact import ExactSolution, Scaling
+from linreg.training.hparams import log_hparams
+from linreg.training.metrics import RegressionSums
 
 Solver = Literal["sgd", "lstsq"]
 Auto = Literal["auto"]
-
-
-def _metrics(out_features: int) -> MetricCollection:
-    """MSE, RMSE, MAE, R² averaged over targets, plus one of each per target when there are several.
-
-    In float64, fed with values shifted by the training target's mean (see ``_update_metrics``):
-    torchmetrics sums squares, and in float32 a target with mean 1e6 and spread 10 gives R² > 1.
-    """
-    metrics: dict[str, Metric] = {
-        "mse": MeanSquaredError(),
-        "rmse": MeanSquaredError(squared=False),
-        "mae": MeanAbsoluteError(),
-        "r2": R2Score(multioutput="uniform_average"),
-    }
-    if out_features > 1:
-        metrics |= {
-            "per_target_mse": MeanSquaredError(num_outputs=out_features),
-            "per_target_rmse": MeanSquaredError(squared=False, num_outputs=out_features),
-            "per_target_mae": MeanAbsoluteError(num_outputs=out_features),
-            "per_target_r2": R2Score(multioutput="raw_values"),
-        }
-    collection = MetricCollection(metrics).set_dtype(torch.float64)
-    collection.persistent(True)  # a checkpoint saved mid-epoch keeps the epoch's running values
-    return collection
-
-
-def _epoch_loss() -> MeanMetric:
-    """The epoch's loss: the row-weighted mean of the batch losses, summed in float64, reduced over ranks."""
-    # nan_strategy "ignore", not "disable": in torchmetrics 1.9 "disable" also drops the weights. A NaN
-    # loss never counts anyway: training_step stops the fit at the first one.
-    loss = MeanMetric(nan_strategy="ignore").set_dtype(torch.float64)
-    loss.persistent(True)
-    return loss
+STAGES = ("train", "val", "test")
 
 
 class LinRegModule(L.LightningModule):
@@ -87,7 +61,7 @@ class LinRegModule(L.LightningModule):
             ``lr auto``, 0 with a hand-set step (which then runs its epochs, as the tutorial's loop).
         fit_intercept: fit y = Xw + b (true) or y = Xw (false: no bias parameter at all).
         solver: ``sgd`` (the tutorial's gradient descent) or ``lstsq`` (the exact least-squares
-            solution in float64, in one pass over the training rows; the optimizer flags are unused).
+            solution in float64, in one pass over the training rows; no optimizer at all).
         feature_names: feature column names, in model input order (from the data).
         target_names: target column names, in model output order (from the data).
         standardize: features are standardized with training statistics (from the data).
@@ -131,20 +105,14 @@ class LinRegModule(L.LightningModule):
         self.register_buffer("x_scale", torch.ones(in_features))
         self.register_buffer("y_mean", torch.zeros(out_features))
         self.register_buffer("y_scale", torch.ones(out_features))
-        # The training target's mean, subtracted from predictions and targets before the metrics.
+        # The training target's mean: the metrics' R² sums targets shifted by it (see RegressionSums).
         self.register_buffer("y_center", torch.zeros(out_features, dtype=torch.float64))
-        metrics = _metrics(out_features)
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        self.train_loss, self.val_loss, self.test_loss = _epoch_loss(), _epoch_loss(), _epoch_loss()
+        self.train_sums, self.val_sums, self.test_sums = (RegressionSums(out_features) for _ in STAGES)
         # Polyak-Ruppert averaging of the iterates; its copy of the weights is not trained (no grad).
         self.averaged = AveragedModel(self.model).requires_grad_(False) if average is not False else None
-        self.average_from: int | None = None  # the first epoch averaged; None: not averaging (see ClosedForm)
-        self.iterate: dict[str, Tensor] | None = None  # the last SGD iterate, once the model holds the average
-        self.resumed_averaging: dict[str, Any] | None = None
-        self.optimum: Any = None  # set by the ClosedForm callback
-        self.curvature: tuple[float, float] | None = None  # the loss Hessian's largest, smallest eigenvalue
+        self.averaging = TailAverage(self.averaged) if self.averaged is not None else None
+        self.exact: ExactSolution | None = None  # measured in setup("fit"), before the optimizer exists
+        self._final: Any = None  # the optimum compared with the model the fit ended with
         self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
         self.trained = False  # whether this run took a training step (a failed fit's logs are kept only then)
@@ -162,6 +130,9 @@ class LinRegModule(L.LightningModule):
             x = (x - self.x_mean) / self.x_scale
         return self.model(x)
 
+    def _target(self, y: Tensor) -> Tensor:
+        return (y - self.y_mean) / self.y_scale if self.hparams.standardize_target else y
+
     def _unscale(self, z: Tensor) -> Tensor:
         return z * self.y_scale + self.y_mean if self.hparams.standardize_target else z
 
@@ -169,52 +140,114 @@ class LinRegModule(L.LightningModule):
         for name, value in zip(("x_mean", "x_scale", "y_mean", "y_scale"), (x_mean, x_scale, y_mean, y_scale)):
             getattr(self, name).copy_(value)
 
-    @torch.no_grad()
     def coefficients(self, lin: torch.nn.Linear | None = None) -> tuple[Tensor, Tensor | None]:
         """Weights (k × d) and intercepts (k; None without an intercept) in original units, in float64,
         of the model's linear layer (or of ``lin``, e.g. the averaged copy's)."""
-        lin = lin if lin is not None else self.model.lin
-        w = lin.weight.detach().double().cpu()
-        bias = lin.bias
-        b = bias.detach().double().cpu() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-        if self.hparams.standardize:
-            xs, xm = self.x_scale.double().cpu(), self.x_mean.double().cpu()
-            w = w / xs
-            b = b - w @ xm
-        if self.hparams.standardize_target:
-            ys, ym = self.y_scale.double().cpu(), self.y_mean.double().cpu()
-            w, b = w * ys[:, None], b * ys + ym
-        return w, (b if self.hparams.fit_intercept else None)
+        return coef_units.to_original(self, lin if lin is not None else self.model.lin)
 
-    @torch.no_grad()
     def set_coefficients(self, coef: Tensor, intercept: Tensor | None) -> None:
         """Put a solution given in original units (k × d, k) into the model, through its standardization."""
-        w = coef.double().to(self.device)
-        b = intercept.double().to(self.device) if intercept is not None else torch.zeros(w.shape[0], device=self.device)
-        if self.hparams.standardize_target:
-            ys, ym = self.y_scale.double(), self.y_mean.double()
-            w, b = w / ys[:, None], (b - ym) / ys
-        if self.hparams.standardize:
-            b = b + w @ self.x_mean.double()
-            w = w * self.x_scale.double()
-        lin = self.model.lin
-        lin.weight.copy_(w.to(lin.weight.dtype))
-        if lin.bias is not None:
-            lin.bias.copy_(b.to(lin.bias.dtype))
+        coef_units.from_original(self, self.model.lin, coef, intercept)
 
-    # -- Lightning hooks: set-up -------------------------------------------------------------------
+    @property
+    def optimum(self) -> Any:
+        """The exact solution, compared with the model the fit ended with (during training: the optimum alone)."""
+        if self._final is not None:
+            return self._final
+        return self.exact.optimum if self.exact is not None else None
+
+    @property
+    def scaling(self) -> Scaling:
+        """The model's coordinates, for the objective: standardized features and targets, or raw units."""
+        hp = self.hparams
+        return Scaling(
+            self.x_mean.double().cpu() if hp.standardize else None,
+            self.x_scale.double().cpu() if hp.standardize else None,
+            self.y_scale.double().cpu() if hp.standardize_target else None,
+        )
+
+    @property
+    def tolerance(self) -> float:
+        """``--model.tol`` as a number (``auto``: 1e-3 with ``lr auto``, else 0)."""
+        tol = self.hparams.tol
+        return (1e-3 if self.hparams.lr == "auto" else 0.0) if tol == "auto" else tol
+
+    # -- set-up: the data's statistics, the exact solution, the optimizer ----------------------------
 
     @override
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule if self._trainer is not None else None
-        if stage == "fit" and data is not None:
-            if self.hparams.standardize and getattr(data, "scaling", None) is not None:
-                x_mean, x_scale, y_mean, y_scale = data.scaling
-                if not self.hparams.fit_intercept:  # centring is an intercept in disguise: scale only
-                    x_mean, y_mean = torch.zeros_like(x_mean), torch.zeros_like(y_mean)
-                self.set_scaling(x_mean, x_scale, y_mean, y_scale)
-            if getattr(data, "target_mean", None) is not None:
-                self.y_center.copy_(data.target_mean)
+        if stage != "fit" or data is None:
+            return
+        hp = self.hparams
+        if hp.standardize and getattr(data, "scaling", None) is not None:
+            x_mean, x_scale, y_mean, y_scale = data.scaling
+            if not hp.fit_intercept:  # centring is an intercept in disguise: scale only
+                x_mean, y_mean = torch.zeros_like(x_mean), torch.zeros_like(y_mean)
+            self.set_scaling(x_mean, x_scale, y_mean, y_scale)
+        if getattr(data, "target_mean", None) is not None:
+            self.y_center.copy_(data.target_mean)
+        if hasattr(data, "exact_batches"):
+            self._measure_optimum(data)
+        elif hp.lr == "auto" or hp.solver == "lstsq":
+            raise LinRegError("--model.lr auto and --model.solver lstsq need linreg's LinRegData to measure the rows")
+
+    def _measure_optimum(self, data: Any) -> None:
+        """The exact solution, before the optimizer exists (its step comes from it), and averaging's start."""
+        trainer, hp = self.trainer, self.hparams
+        batches = data.exact_batches()
+        views = batches.batches() if batches else []
+        gather = trainer.strategy.all_gather if trainer.world_size > 1 else None
+        self.exact = ExactSolution.measure(views, hp, self.scaling, trainer.strategy.root_device, gather)
+        average = hp.average if hp.average != "auto" else self._minibatch and hp.lr == "auto"
+        if hp.solver == "sgd" and average and self.averaging is not None:
+            epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+            self.averaging.start(epochs // 2 if epochs > 0 else 0)
+
+    def _start_weights(self) -> None:
+        """Once the weights have their final dtype and device: the solution itself for ``solver lstsq``;
+        for SGD from scratch, the intercept at the target's mean."""
+        hp, optimum = self.hparams, self.exact.optimum
+        if hp.solver == "lstsq":
+            self.set_coefficients(optimum.coef, optimum.intercept)
+            return
+        bias = self.model.lin.bias
+        if hp.lr == "auto" and hp.standardize and bias is not None and not self.trainer.ckpt_path:
+            # Standardized features are centred, so the optimal intercept is the target's mean (0 for a
+            # standardized target): starting there skips part of the descent (Longley: 466 epochs to a
+            # 1e-4 gap from the random start, 388 from here).
+            with torch.no_grad():
+                bias.copy_(torch.zeros_like(bias) if hp.standardize_target else self.y_center.to(bias))
+
+    @property
+    def _minibatch(self) -> bool:
+        data = self.trainer.datamodule if self._trainer is not None else None
+        batch = data.hparams.get("batch_size") if data is not None else None
+        return batch is not None and self.exact is not None and batch < self.exact.optimum.n
+
+    def sgd_settings(self) -> tuple[float, float]:
+        """The step and momentum SGD runs with: as given, or ``auto`` from the loss's curvature."""
+        hp = self.hparams
+        if self.exact is None:
+            return auto_step(0.0, 0.0, hp.lr, hp.momentum, None, 0.0)
+        big, small, r2 = self.exact.curvature
+        batch = self.trainer.datamodule.hparams.get("batch_size") if self._minibatch else None
+        return auto_step(big, small, hp.lr, hp.momentum, batch, r2)
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+        """torch's SGD on the linear layer, with the step and momentum of ``sgd_settings``; none for lstsq."""
+        if self.hparams.solver == "lstsq":
+            return None
+        lr, momentum = self.sgd_settings()
+        decay = self.hparams.weight_decay
+        return torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=decay)
+
+    @override
+    def configure_callbacks(self) -> list[L.Callback]:
+        from linreg.training.final_model import FinalModel
+
+        return [FinalModel()]
 
     @override
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -226,46 +259,44 @@ class LinRegModule(L.LightningModule):
             {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in b.items()} for b in batch
         ]
 
-    @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """torch's SGD on the linear layer. ``auto`` values start at 0 and are set by ``ClosedForm`` once
-        the training rows have been measured, before the first update."""
-        hp = self.hparams
-        lr = 0.0 if hp.lr == "auto" else hp.lr
-        momentum = 0.0 if hp.momentum == "auto" else hp.momentum
-        return torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=hp.weight_decay)
-
-    @override
-    def configure_callbacks(self) -> list[L.Callback]:
-        from linreg.training.closed_form import ClosedForm
-
-        return [ClosedForm()]
+    # -- checkpoints -------------------------------------------------------------------------------
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A float64 checkpoint under a 64-bit precision: become float64 before the weights are copied in.
-        Lightning loads the state dict before its precision plugin converts the module, so a float32
-        module would round the weights on the way."""
-        weight = checkpoint.get("state_dict", {}).get("model.lin.weight")
+        """A float64 checkpoint under a 64-bit precision: become float64 before the weights are copied in
+        (Lightning loads the state dict before its precision plugin converts the module, so a float32
+        module would round them). The epoch sums of an older linreg (a MetricCollection) are dropped."""
+        state = checkpoint.get("state_dict", {})
+        weight = state.get("model.lin.weight")
         precision = str(self.trainer.precision) if self._trainer is not None else ""
         if weight is not None and weight.dtype == torch.float64 and precision.startswith("64"):
             self.double()
-        self.resumed_averaging = checkpoint.get("linreg_averaging")  # for ClosedForm, if this is a resumed fit
+        mine = self.state_dict()
+        for key in [k for k in state if k.startswith(METRIC_STATES) and k not in mine]:
+            del state[key]
+        for key in (k for k in mine if k.startswith(METRIC_STATES) and k not in state):
+            state[key] = mine[key]
+        if self.averaging is not None:
+            self.averaging.restore(checkpoint.get("linreg_averaging"))
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Averaging's state beyond the averaged weights: where it started, and, once the fit has ended
-        with the average, the last iterate, which a continued fit carries on from."""
-        checkpoint["linreg_averaging"] = {"from": self.average_from, "iterate": self.iterate}
+        """Averaging's state beyond the averaged weights (see ``TailAverage``)."""
+        checkpoint["linreg_averaging"] = self.averaging.state() if self.averaging is not None else {}
 
     @override
     def on_train_start(self) -> None:
-        """Under DDP a mid-epoch checkpoint holds rank 0's running sums only: start the epoch's afresh."""
+        """The start weights (see ``_start_weights``); a resumed fit that had ended with the average goes on
+        from its last SGD iterate. Under DDP a mid-epoch checkpoint holds rank 0's running sums only:
+        start the epoch's afresh."""
+        if self.exact is not None:
+            self._start_weights()
+        if self.averaging is not None and self.hparams.solver == "sgd":
+            self.averaging.resume(self.model)
         if self.trainer.world_size > 1:
-            self.train_loss.reset()
-            self.train_metrics.reset()
+            self.train_sums.reset()
 
-    # -- Lightning hooks: steps --------------------------------------------------------------------
+    # -- steps -------------------------------------------------------------------------------------
 
     @override
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
@@ -273,22 +304,15 @@ class LinRegModule(L.LightningModule):
 
         Manual optimization lets one Lightning step run several updates (see ``Batches``); torch's
         SGD does each update exactly as Lightning's automatic loop would. With ``solver=lstsq`` the
-        weights are already the solution (``ClosedForm``): the epoch only measures them.
+        weights are already the solution: the epoch only measures them.
         """
         self.trained = True
-        optimizer = self.optimizers()
         sgd = self.hparams.solver == "sgd"
-        preds, targets, means = [], [], []
+        optimizer = self.optimizers() if sgd else None
         for view in batch:
-            loss, pred, mean = self._loss(view, "train")
-            if not torch.isfinite(loss):
-                raise LinRegError(
-                    f"training diverged: the loss became {loss.item()} at epoch {self.current_epoch}, step "
-                    f"{self.global_step}; no checkpoint was written. Try "
-                    + ("" if self.hparams.standardize else "--data.standardize true, ")
-                    + f"a lower --model.lr (now {optimizer.param_groups[0]['lr']:.4g}) or --model.lr auto"
-                )
-            if sgd:
+            z, t = self._scaled(view["x"]), self._target(view["y"].to(view["x"].dtype))
+            loss, logged = self._loss(z, t, view, train=True)
+            if optimizer is not None:
                 self.manual_backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -296,17 +320,19 @@ class LinRegModule(L.LightningModule):
                     with torch.no_grad():
                         w = self.model.lin.weight
                         w.copy_(F.softshrink(w, optimizer.param_groups[0]["lr"] * self.hparams.l1))
-                if self.average_from is not None and self.current_epoch >= self.average_from:
-                    self.averaged.update_parameters(self.model)
-            preds.append(pred)
-            targets.append(view["y"])
-            means.append(mean)
-        # One metric update per group: the same rows and predictions, a fraction of the calls.
-        rows = torch.tensor([len(view["x"]) for view in batch], dtype=torch.float64, device=means[0].device)
-        self.train_loss.update(torch.stack(means), rows)
-        self._update_metrics("train", torch.cat(preds), torch.cat(targets))
-        if self.hparams.log_step_loss and self.logger is not None:
-            self.logger.log_metrics({"train/loss_step": float(loss)}, step=self.global_step)
+                if self.averaging is not None:
+                    self.averaging.update(self.model, self.current_epoch)
+            self.train_sums.update(self._unscale(z.detach()), view["y"], self.y_center, logged)
+        if not torch.isfinite(logged):  # once per step: NaN and inf carry on through later updates
+            lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
+            raise LinRegError(
+                f"training diverged: the loss became {logged.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step}; no checkpoint was written. Try "
+                + ("" if self.hparams.standardize else "--data.standardize true, ")
+                + f"a lower --model.lr (now {lr:.4g}) or --model.lr auto"
+            )
+        if self.hparams.log_step_loss:
+            self.log("train/loss_step", logged.float(), on_step=True, on_epoch=False)
 
     @override
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
@@ -325,55 +351,8 @@ class LinRegModule(L.LightningModule):
             )
         return {"index": torch.cat([view["index"] for view in batch]), "pred": self(x)}
 
-    # -- Lightning hooks: epoch ends ---------------------------------------------------------------
-
-    @override
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-        if "train/loss" in self.latest:
-            self.loss_history.append(self.latest["train/loss"])
-        w, b = self.coefficients()
-        coefs = {"w": w[0, 0]} if w.shape == (1, 1) else {"coef_norm": w.norm()}
-        if w.shape == (1, 1) and b is not None:
-            coefs["b"] = b[0]
-        lr = self.optimizers().param_groups[0]["lr"]
-        self.publish(coefs | {"lr-SGD": lr}, also_log={"epoch": self.current_epoch})
-        if self.hparams.solver == "lstsq":
-            self.trainer.should_stop = True  # one epoch measures the solution; more would repeat it
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    # -- helpers -------------------------------------------------------------------------------------
-
-    @property
-    def tolerance(self) -> float:
-        """``--model.tol`` as a number (``auto``: 1e-3 with ``lr auto``, else 0)."""
-        tol = self.hparams.tol
-        return (1e-3 if self.hparams.lr == "auto" else 0.0) if tol == "auto" else tol
-
-    def current_coefficients(self) -> tuple[Tensor, Tensor | None]:
-        """The coefficients the fit would end with now: the running average when averaging, else the iterate."""
-        if self.average_from is not None and self.averaged is not None and int(self.averaged.n_averaged) > 0:
-            return self.coefficients(self.averaged.module.lin)
-        return self.coefficients()
-
-    @torch.no_grad()
-    def end_with_average(self) -> None:
-        """Polyak-Ruppert: the model becomes the average of its iterates (kept running in ``averaged``)."""
-        if self.average_from is None or self.averaged is None or int(self.averaged.n_averaged) == 0:
-            return
-        self.iterate = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        for mine, avg in zip(self.model.parameters(), self.averaged.module.parameters()):
-            mine.copy_(avg)
-
-    def _loss(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
-        """The batch's share of the global-batch mean loss, and the predictions in original units.
+    def _loss(self, z: Tensor, t: Tensor, batch: dict[str, Any], train: bool) -> tuple[Tensor, Tensor]:
+        """The batch's share of the global-batch mean loss (to differentiate), and the value to log.
 
         One process: exactly ``nn.MSELoss()`` on the batch, as in the tutorial. Under DDP each rank
         holds a slice of the global batch; its summed loss scaled by world_size / (rows · targets)
@@ -381,102 +360,144 @@ class LinRegModule(L.LightningModule):
         penalties join it: ``l2·‖W‖²`` through the gradient (every rank adds it whole, and DDP averages),
         ``l1·‖W‖₁`` only in the logged value (its step is the proximal one, see ``training_step``).
         """
-        x, y = batch["x"], batch["y"].to(batch["x"].dtype)
-        z = self._scaled(x)
-        target = (y - self.y_mean) / self.y_scale if self.hparams.standardize_target else y
         world = self.trainer.world_size if self._trainer is not None else 1
-        rows = x.shape[0]
         if world == 1:
-            loss = F.mse_loss(z, target)
-            row_mean = loss.detach()
+            loss = F.mse_loss(z, t)
+            logged = loss.detach()
         else:
-            sse = F.mse_loss(z, target, reduction="sum")
+            sse = F.mse_loss(z, t, reduction="sum")
             loss = sse * (world / (batch["n"] * z.shape[1]))
-            row_mean = sse.detach() / max(rows * z.shape[1], 1)
+            logged = sse.detach() / max(z.shape[0] * z.shape[1], 1)
         hp = self.hparams
-        if stage == "train" and (hp.l2 or hp.l1):
+        if train and (hp.l2 or hp.l1):
             w = self.model.lin.weight
             if hp.l2:
                 penalty = hp.l2 * w.pow(2).sum()
-                loss, row_mean = loss + penalty, row_mean + penalty.detach()
+                loss, logged = loss + penalty, logged + penalty.detach()
             if hp.l1:
-                row_mean = row_mean + hp.l1 * w.detach().abs().sum()
-        return loss, self._unscale(z.detach()), row_mean.double()
-
-    def _update_metrics(self, stage: str, pred: Tensor, y: Tensor) -> None:
-        center = self.y_center.to(pred.device)
-        # contiguous: streamed rows come column-major, and torchmetrics reshapes with view()
-        getattr(self, f"{stage}_metrics").update(
-            (pred.double() - center).contiguous(), (y.double() - center).contiguous()
-        )
+                logged = logged + hp.l1 * w.detach().abs().sum()
+        return loss, logged
 
     def _evaluate(self, batch: list[dict[str, Any]], stage: str) -> None:
         alone = self._trainer is not None and self.trainer.state.fn in ("validate", "test")
         for view in batch:
-            _, pred, mean = self._loss(view, stage)
-            if alone and not bool(torch.isfinite(pred).all()):
+            z, t = self._scaled(view["x"]), self._target(view["y"].to(view["x"].dtype))
+            if alone and not bool(torch.isfinite(z).all()):
                 # As predict refuses them; during fit, divergence is training_step's own check.
                 raise LinRegError(
                     f"the model's predictions on the {stage} rows are not finite (inf or NaN): a feature value "
                     f"far beyond the training data's overflows; no {stage} metrics reported"
                 )
-            getattr(self, f"{stage}_loss").update(mean, len(view["x"]))
-            self._update_metrics(stage, pred, view["y"])
+            _, logged = self._loss(z, t, view, train=False)
+            getattr(self, f"{stage}_sums").update(self._unscale(z.detach()), view["y"], self.y_center, logged)
 
-    def _log_epoch(self, stage: str) -> None:
-        """The epoch's loss and metrics, one point each; R² needs two rows, so a one-row split skips it."""
+    # -- epoch ends --------------------------------------------------------------------------------
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        values = self._epoch_values("train")
+        if "train/loss" in values:
+            self.loss_history.append(float(values["train/loss"]))
+        w, b = self.coefficients()
+        values |= {"w": w[0, 0]} if w.shape == (1, 1) else {"coef_norm": w.norm()}
+        if w.shape == (1, 1) and b is not None:
+            values["b"] = b[0]
+        if self.hparams.solver == "sgd":
+            values["lr-SGD"] = self.optimizers().param_groups[0]["lr"]
+            if self.exact is not None:
+                values["optimum/excess"] = self.gap_to_optimum()
+        self.log_values(values | {"epoch": self.current_epoch})
+        excess = values.get("optimum/excess", float("inf"))
+        done = excess <= self.tolerance and self.current_epoch + 1 >= (self.trainer.min_epochs or 0)
+        # lstsq: one epoch measures the solution; SGD within --model.tol of the optimum: more change nothing
+        if self.hparams.solver == "lstsq" or done:
+            self.trainer.should_stop = True
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.log_values(self._epoch_values("val"))
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.log_values(self._epoch_values("test"))
+
+    def gap_to_optimum(self) -> float:
+        """How far the weights the fit would end with now (the running average when averaging) are above
+        the optimum, exactly, from the R factor (no pass over the rows)."""
+        lin = self.averaging.module.lin if self.averaging is not None and self.averaging.running else None
+        return self._compared(*self.coefficients(lin)).excess
+
+    def _compared(self, coef: Tensor, intercept: Tensor | None) -> Any:
+        hp = self.hparams
+        return self.exact.compared(coef, intercept if hp.fit_intercept else None, bool(hp.l1 or hp.l2), self.scaling)
+
+    def finish_training(self) -> None:
+        """The end of a fit, before its last checkpoint: end with the average of the iterates when
+        averaging, then compare the model with the optimum (what the summary reports)."""
+        if self.averaging is not None:
+            self.averaging.finish(self.model)
+        if self.exact is not None:
+            self._final = self._compared(*self.coefficients())
+
+    @override
+    def on_train_end(self) -> None:
+        """The optimum and the gap to it, once, at the fit's last step; then the run's hparams row."""
+        opt = self.optimum
+        if opt is not None and self.logger is not None:
+            self.logger.log_metrics({"optimum/mse": opt.mse, "optimum/excess_mse": opt.excess}, step=self.global_step)
+        log_hparams(self.trainer, self)
+
+    def _epoch_values(self, stage: str) -> dict[str, Tensor | float]:
+        """The epoch's loss and metrics in original units, over every rank's rows; then the sums restart."""
+        sums = getattr(self, f"{stage}_sums")
+        if not sums.update_called:
+            return {}
+        got = sums.compute()
+        sums.reset()
+        if got["rows"] == 0:
+            return {}
+        mse, mae, r2 = got["mse"], got["mae"], got["r2"]
         values: dict[str, Tensor | float] = {}
-        loss = getattr(self, f"{stage}_loss")
-        if loss.update_called:
-            mean = loss.compute()  # 0/0 when no rank had rows
-            if torch.isfinite(mean):
-                values[f"{stage}/loss"] = mean.float()
-        loss.reset()
-        collection = getattr(self, f"{stage}_metrics")
-        for name, metric in collection.items():
-            if isinstance(metric, R2Score) and int(metric.total) < 2:
-                continue
-            value = metric.compute()
-            keys = self._keys(name)
-            values |= dict(zip(keys, value)) if len(keys) > 1 else {keys[0]: value}
-        collection.reset()
-        self.publish(values)
-
-    def _keys(self, name: str) -> list[str]:
-        """The logged name(s) of a metric: ``val/mse``, or ``val/mse/<target>`` for each target of a per-target one."""
-        stage, metric = name.split("/", 1)
-        if not metric.startswith("per_target_"):
-            return [name]
-        names = self.hparams.target_names or default_names("y", self.hparams.out_features)
-        return [f"{stage}/{metric.removeprefix('per_target_')}/{t}" for t in names]
+        if torch.isfinite(got["loss"]):
+            values[f"{stage}/loss"] = got["loss"]
+        values |= {f"{stage}/mse": mse.mean(), f"{stage}/rmse": mse.mean().sqrt(), f"{stage}/mae": mae.mean()}
+        if not r2.isnan().any():  # R² needs two rows and a target that varies
+            values[f"{stage}/r2"] = r2.mean()
+        if self.hparams.out_features > 1:
+            for j, name in enumerate(self.hparams.target_names or default_names("y", self.hparams.out_features)):
+                values |= {f"{stage}/mse/{name}": mse[j], f"{stage}/rmse/{name}": mse[j].sqrt()}
+                values |= {f"{stage}/mae/{name}": mae[j]}
+                if not r2[j].isnan():
+                    values[f"{stage}/r2/{name}"] = r2[j]
+        return values
 
     def monitorable(self, val_rows: int) -> list[str]:
         """What a callback (``EarlyStopping``, a ``ModelCheckpoint`` with ``monitor``) can watch: the
-        values ``publish`` passes to ``self.log`` (R² needs two validation rows, see ``_log_epoch``),
-        and Lightning's own ``epoch`` and ``step``."""
-        keys = ["train/loss"]
+        epoch values ``log_values`` logs (R² needs two validation rows), and Lightning's own ``epoch``
+        and ``step``."""
+        keys = ["train/loss", "train/mse", "train/rmse", "train/mae", "train/r2"]
         if val_rows:
-            names = [n for n, m in self.val_metrics.items() if val_rows > 1 or not isinstance(m, R2Score)]
-            keys += ["val/loss", *(key for name in names for key in self._keys(name))]
+            keys += ["val/loss", "val/mse", "val/rmse", "val/mae"] + (["val/r2"] if val_rows > 1 else [])
+        if self.hparams.solver == "sgd":
+            keys.append("optimum/excess")
         return [*keys, "epoch", "step"]
 
-    def publish(self, values: dict[str, Tensor | float], also_log: dict[str, float] | None = None) -> None:
-        """Record epoch values in ``latest`` and write them to the logger in one call, at the step
-        that counts SGD updates (``global_step``).
+    def log_values(self, values: dict[str, Tensor | float]) -> None:
+        """Epoch values: kept in ``latest`` (float64, for the summary) and logged through ``self.log``,
+        so callbacks can monitor them and ``trainer.validate()`` returns them. Their TensorBoard step is
+        the count of SGD updates (``global_step``), which a ``step`` value sets: Lightning's own step
+        counts groups of updates (see ``Batches``)."""
+        if not values or (self._trainer is not None and self.trainer.sanity_checking):
+            return
+        self.latest |= {key: float(value) for key, value in values.items()}
+        shown = {"train/loss", "val/loss"}
+        logged = {k: torch.as_tensor(float(v), dtype=torch.float32) for k, v in values.items()}
+        for key in shown & logged.keys():
+            self.log(key, logged.pop(key), prog_bar=True, batch_size=1)
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            logged["step"] = torch.as_tensor(float(self.global_step))
+        self.log_dict(logged, batch_size=1)
 
-        Lightning's own logging (``self.log``, ``LearningRateMonitor``) would put them at its step
-        count, which counts groups of updates (see ``Batches``), and it costs about 0.8 ms a key.
-        So every value goes to the logger directly, and only the train loss and the validation values
-        that a callback monitors (``EarlyStopping``, a ``ModelCheckpoint`` with ``monitor``) also go
-        through ``self.log``, with ``logger=False``.
-        """
-        direct: dict[str, float] = dict(also_log or {})
-        monitored = (
-            {getattr(c, "monitor", None) for c in self.trainer.callbacks} if self._trainer is not None else set()
-        )
-        for key, value in values.items():
-            self.latest[key] = direct[key] = float(value)
-            if key in monitored and (key == "train/loss" or key.startswith("val/")):
-                self.log(key, torch.as_tensor(float(value), dtype=torch.float32), on_epoch=True, logger=False)
-        if self.logger is not None and not self.trainer.sanity_checking:
-            self.logger.log_metrics(direct, step=self.global_step)
+
+# Running epoch state: this linreg's sums, and an older linreg's MetricCollection and MeanMetric.
+METRIC_STATES = tuple(f"{stage}_{kind}." for stage in STAGES for kind in ("sums", "metrics", "loss"))

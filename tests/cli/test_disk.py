@@ -275,7 +275,7 @@ def test_every_n_epochs_updates_last_ckpt_during_the_fit(cli, workdir, monkeypat
         (("--model.weight_decay", "-0.1"), "--model.weight_decay must be at least 0"),
         (("--trainer.max_epochs", "0"), "--trainer.max_epochs 0 trains nothing"),
         (("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/loss"), "no validation data"),
-        (("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "train/mse"), "can monitor train/loss"),
+        (("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "train/p90"), "can monitor train/loss"),
         (("--checkpoint.keep", "2"), "--checkpoint.keep needs --checkpoint.every_n_epochs"),
         (("--trainer.limit_train_batches", "0"), "--trainer.limit_train_batches 0 trains nothing"),
         (

@@ -1,0 +1,76 @@
+"""``ExactSolution``: the least-squares optimum of a fit's training rows, owned by the LightningModule.
+
+Measured once, before the optimizer exists (the module's ``setup``): one float64 pass over the training
+rows as the file holds them (``LinRegData.exact_batches``), the ranks' R factors combined, and the
+solution (``linreg.lstsq``). From it the module takes the automatic step and momentum, the weights
+themselves for ``--model.solver lstsq``, the gap to the optimum after every epoch and the stopping rule.
+The R factor gives any coefficients' training objective exactly, so none of that needs another pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from linreg.lstsq import LeastSquares, Optimum
+from linreg.lstsq.step import curvature
+
+
+@dataclasses.dataclass
+class Scaling:
+    """The model's coordinates (None: raw units): what the penalties and the curvature are measured in."""
+
+    x_mean: Tensor | None
+    x_scale: Tensor | None
+    y_scale: Tensor | None
+
+
+class ExactSolution:
+    """The optimum, the R factor it came from, and the loss's curvature (largest, smallest eigenvalue,
+    mean squared row norm) in the model's coordinates."""
+
+    def __init__(self, least_squares: LeastSquares, optimum: Optimum, curvature: tuple[float, float, float]) -> None:
+        self.least_squares, self.optimum, self.curvature = least_squares, optimum, curvature
+
+    @classmethod
+    def measure(
+        cls,
+        views: Iterable[dict[str, Any]],
+        hp: Any,
+        scaling: Scaling,
+        device: torch.device,
+        gather: Callable[[Tensor], Tensor] | None,
+    ) -> ExactSolution:
+        """One pass over this rank's training rows; ``gather``: the strategy's all_gather under DDP."""
+        ls = LeastSquares(hp.in_features, hp.out_features, hp.fit_intercept, hp.l2, hp.l1, device=device)
+        for view in views:
+            ls.update(view["x"].to(device), view["y"].to(device))
+        if gather is not None:
+            ls.all_gather(gather)
+        optimum = ls.solve(hp.feature_names, scaling.x_scale, scaling.y_scale)
+        d = hp.in_features
+        x_mean = scaling.x_mean if scaling.x_mean is not None else torch.zeros(d, dtype=torch.float64)
+        x_scale = scaling.x_scale if scaling.x_scale is not None else torch.ones(d, dtype=torch.float64)
+        shape = curvature(ls.gram(x_mean, x_scale), optimum.n, hp.out_features, hp.l2, d)
+        return cls(ls, optimum, shape)
+
+    @property
+    def condition_number(self) -> float | None:
+        big, small, _ = self.curvature
+        return big / small if small > 0 else None
+
+    def compared(
+        self, coef: Tensor, intercept: Tensor | None, penalized: bool, scaling: Scaling
+    ) -> Optimum:
+        """The optimum, with these coefficients' training MSE as the compared model's. With penalties,
+        both ``mse`` fields hold the penalized objective instead (in the model's units): that is what
+        the fit minimizes, and what its gap to the optimum means."""
+        ls, optimum = self.least_squares, self.optimum
+        if penalized:
+            objective = ls.objective(coef, intercept, scaling.x_scale, scaling.y_scale)
+            return dataclasses.replace(optimum, mse=optimum.objective, sgd_mse=objective)
+        return dataclasses.replace(optimum, sgd_mse=ls.objective(coef, intercept))

@@ -1,0 +1,64 @@
+"""``RegressionSums``: every sum an epoch's metrics need, updated once per SGD update.
+
+One torchmetrics ``Metric`` instead of a ``MetricCollection`` of MSE, RMSE, MAE and R² (and a
+``MeanMetric`` for the loss): each of those recomputed the residuals of the whole batch and converted
+it to float64 on its own, which cost more than the SGD update itself at large batches (issue 24's
+profile). Here one residual in the model's dtype feeds five float64 sums (``sum(dtype=float64)``
+accumulates without a float64 copy of the batch), every sum is reduced over DDP ranks with
+``dist_reduce_fx="sum"``, and MSE, MAE and R² come from the reduced sums at the epoch's end:
+every rank computes the same values, so a rank that saw one row or none still agrees with the others.
+
+Values are in the target's own units. R²'s total sum of squares uses targets shifted by the training mean
+(``center``): in float64, Σy² − (Σy)²/n of a target with mean 1e9 and spread 1 would keep no digit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+SUMS = ("sse", "sae", "sum_t", "sum_t2")
+
+
+class RegressionSums(Metric):
+    """Row count, loss, and per-target sums of squared and absolute residuals and of centred targets."""
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, out_features: int) -> None:
+        super().__init__()
+        f64 = torch.float64
+        self.add_state("rows", torch.zeros((), dtype=f64), dist_reduce_fx="sum", persistent=True)
+        self.add_state("loss", torch.zeros((), dtype=f64), dist_reduce_fx="sum", persistent=True)
+        for name in SUMS:
+            self.add_state(name, torch.zeros(out_features, dtype=f64), dist_reduce_fx="sum", persistent=True)
+
+    def update(self, pred: Tensor, y: Tensor, center: Tensor, loss: Tensor | None = None) -> None:  # type: ignore[override]
+        """pred: predictions (rows × k, the model's dtype), y: targets as the file holds them (float64 for
+        text tables: the metrics compare with the true values, not their float32 rounding); center: the
+        training target's mean; loss: the batch's loss as the optimizer saw it (weighted by its rows)."""
+        rows = pred.shape[0]
+        if rows == 0:
+            return
+        e = pred.detach().to(y.dtype) - y
+        tc = y - center.to(y.dtype)
+        f64 = torch.float64
+        self.sse += e.square().sum(0, dtype=f64)
+        self.sae += e.abs().sum(0, dtype=f64)
+        self.sum_t += tc.sum(0, dtype=f64)
+        self.sum_t2 += tc.square().sum(0, dtype=f64)
+        self.rows += rows
+        if loss is not None:
+            self.loss += loss.detach().to(f64) * rows
+
+    def compute(self) -> dict[str, Tensor]:
+        """Per target: MSE and MAE; R² (NaN where undefined: fewer than two rows, or
+        a constant target); and the epoch's loss, the row-weighted mean of the batch losses. ``rows``: 0
+        when no rank saw a row (then nothing here means anything)."""
+        n = self.rows.clamp(min=1)
+        sst = self.sum_t2 - self.sum_t.square() / n
+        defined = (self.rows >= 2) & (sst > 0)
+        r2 = torch.where(defined, 1.0 - self.sse / torch.where(defined, sst, torch.ones_like(sst)), torch.nan)
+        return {"rows": self.rows.clone(), "loss": self.loss / n, "mse": self.sse / n, "mae": self.sae / n, "r2": r2}
