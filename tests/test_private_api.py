@@ -1,41 +1,63 @@
-"""Every private Lightning attribute linreg relies on still exists.
+"""Every private Lightning part linreg relies on still exists, and none is used outside one module.
 
-linreg overrides or reads a few private parts of Lightning (listed at the version pin in
-pyproject.toml). A Lightning upgrade that renames one should fail here, by name, instead of
-breaking a fit, a resume or the CLI quietly.
+``linreg/lightning_private.py`` lists them with the reason for each. A Lightning upgrade that renames one
+should fail here, by name, instead of breaking a fit, a resume or the CLI quietly.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-# (owner, attribute, where linreg uses it)
-PRIVATE = [
-    (LightningCLI, "_prepare_subcommand_parser", "cli.py: adds predict's --output and --overwrite"),
-    (LightningCLI, "_parse_ckpt_path", "cli.py: checks the checkpoint instead of Lightning's silent merge"),
-    (LightningCLI, "_instantiate_trainer", "cli.py: --trainer.enable_checkpointing false, one-line errors"),
-    (LightningCLI, "_run_subcommand", "cli.py: the exit status after a signal"),
-    (SaveConfigCallback, "setup", "cli.py: config.yaml only for fit"),
-    (ModelCheckpoint, "_save_checkpoint", "callbacks.py: never a checkpoint with non-finite weights"),
-    (ModelCheckpoint, "_save_last_checkpoint", "callbacks.py: last.ckpt at the end of fit and on a signal"),
-    (ModelCheckpoint, "_monitor_candidates", "callbacks.py: same"),
-    (L.LightningModule, "_trainer", "module.py, callbacks: is the module attached to a trainer"),
-]
+from linreg.lightning_private import OVERRIDDEN, USED
+
+PACKAGE = Path(__file__).resolve().parents[1] / "linreg"
 
 
-@pytest.mark.parametrize(("owner", "name", "use"), PRIVATE, ids=[f"{o.__name__}.{n}" for o, n, _ in PRIVATE])
-def test_private_attribute_exists(owner: type, name: str, use: str) -> None:
-    assert hasattr(owner, name) or name in inspect.getsource(owner), f"{owner.__name__}.{name} is gone ({use})"
+IDS = [f"{owner.__name__}.{name}" for owner, name, *_ in OVERRIDDEN]
 
 
-def test_private_trainer_and_checkpoint_state_exist(tmp_path) -> None:
-    """Attributes set in __init__: they exist only on instances."""
-    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
-    assert hasattr(trainer, "_signal_connector") and hasattr(trainer._signal_connector, "received_sigterm")
-    assert hasattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch")
-    assert hasattr(ModelCheckpoint(), "_last_global_step_saved")
+@pytest.mark.parametrize(("owner", "name", "where", "why"), OVERRIDDEN, ids=IDS)
+def test_overridden_private_methods_exist(owner: type, name: str, where: str, why: str) -> None:
+    assert callable(getattr(owner, name, None)), f"{owner.__name__}.{name} is gone ({why})"
+    assert re.search(rf"def {name}\(", (PACKAGE / where).read_text()), f"{where} no longer overrides {name}"
+
+
+def test_used_private_attributes_exist(tmp_path: Path) -> None:
+    """Some are set in __init__, so they are looked up on instances."""
+    objects = {
+        "LightningModule": L.LightningModule(),
+        "Trainer": L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False),
+        "ModelCheckpoint": ModelCheckpoint(),
+    }
+    missing = [f"{owner}.{name}" for owner, name in USED if not hasattr(objects[owner], name)]
+    assert not missing, f"private Lightning attributes gone: {missing}"
+    assert hasattr(objects["Trainer"]._signal_connector, "received_sigterm")
+
+
+def test_no_other_file_reaches_into_lightning_privates() -> None:
+    """Outside lightning_private.py, a private Lightning name may appear only as a listed override."""
+    names = {name for _, name in USED} | {name for _, name, *_ in OVERRIDDEN}
+    allowed = {(where, name) for _, name, where, _ in OVERRIDDEN}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = str(path.relative_to(PACKAGE))
+        if rel == "lightning_private.py":
+            continue
+        for name in names:
+            for line in path.read_text().splitlines():
+                override = (rel, name) in allowed and ("def " in line or "super()." in line)
+                if re.search(rf"\b{name}\b", line) and not override:
+                    found.append(f"{rel}: {line.strip()}")
+    assert not found, "private Lightning names used outside linreg/lightning_private.py:\n" + "\n".join(found)
+
+
+def test_lightning_private_documents_each_use() -> None:
+    source = inspect.getsource(__import__("linreg.lightning_private", fromlist=["x"]))
+    for _, name in USED:
+        assert name in source.split("USED")[-1], f"{name} is listed but no function in lightning_private uses it"

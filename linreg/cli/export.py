@@ -35,7 +35,7 @@ METADATA_FILE = "linreg.json"  # the metadata inside a .pt2 (torch.export.load(.
 class Predictor(nn.Module):
     """Raw features in, predictions in the target's units out: LinRegModule's forward, nothing else."""
 
-    def __init__(self, state: dict[str, Tensor], standardize: bool, standardize_target: bool) -> None:
+    def __init__(self, state: dict[str, Tensor], standardize: bool) -> None:
         super().__init__()
         weight = state["model.lin.weight"]
         bias = state.get("model.lin.bias")  # absent for a model fitted without an intercept
@@ -43,12 +43,12 @@ class Predictor(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.to(weight.dtype).clone(), requires_grad=False)
         for name in ("x_mean", "x_scale", "y_mean", "y_scale"):
             self.register_buffer(name, state[name].to(weight.dtype).clone())
-        self.standardize, self.standardize_target = standardize, standardize_target
+        self.standardize = standardize  # the target is centred (and scaled) whenever the features are
 
     def forward(self, features: Tensor) -> Tensor:
         x = (features - self.x_mean) / self.x_scale if self.standardize else features
         out = nn.functional.linear(x, self.weight, self.bias)
-        return out * self.y_scale + self.y_mean if self.standardize_target else out
+        return out * self.y_scale + self.y_mean if self.standardize else out
 
 
 def export_main(args: list[str] | None = None) -> None:
@@ -76,7 +76,7 @@ def export(ckpt_path: str | Path, output: str | Path, overwrite: bool = False) -
     missing = [k for k in ("model.lin.weight", "x_mean", "x_scale", "y_mean", "y_scale") if k not in state]
     if missing:
         raise LinRegError(f"--ckpt_path {ckpt_file}: no {', '.join(missing)} in its weights; not a linreg model")
-    predictor = Predictor(state, bool(hp.get("standardize")), bool(hp.get("standardize_target"))).eval()
+    predictor = Predictor(state, bool(hp.get("standardize"))).eval()
     k, d = predictor.weight.shape
     meta = metadata(hp, d, k, ckpt_file)
     data = onnx_bytes(predictor, meta) if fmt == "onnx" else pt2_bytes(predictor, meta)

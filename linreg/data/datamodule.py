@@ -238,8 +238,8 @@ class LinRegData(L.LightningDataModule):
         self.target_mean = y_mean
         if self.standardize:
             x_mean, x_scale = mean_scale(x)
-            if not hp.standardize_target:
-                y_mean, y_scale = torch.zeros(y.shape[1]), torch.ones(y.shape[1])
+            if not hp.standardize_target:  # centred only: SGD learns the signal, float64 adds the mean back
+                y_scale = torch.ones(y.shape[1], dtype=y_scale.dtype)
             self.scaling = (x_mean, x_scale, y_mean, y_scale)
 
     def check(self, stage: str) -> None:

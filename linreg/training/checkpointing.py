@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from linreg.errors import LinRegError
+from linreg.lightning_private import due_every_n_epochs, save_last_checkpoint, stop_after_this_epoch
 
 
 def _finite(module: L.LightningModule) -> bool:
@@ -62,11 +63,11 @@ class CheckpointPolicy(ModelCheckpoint):
         latest = {"monitor": "step", "mode": "max"} if keep else {}
         super().__init__(save_last=True, every_n_epochs=every_n_epochs, save_top_k=keep, **latest)
         self.stopped_by: str | None = None
-        self._trainer: L.Trainer | None = None
+        self._running: L.Trainer | None = None
         self._previous: dict[int, Any] = {}
 
     @override
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:  # private: see lightning_private
         if not _finite(trainer.lightning_module):
             rank_zero_warn(f"not saving {filepath}: the weights are not finite")
             return
@@ -77,20 +78,20 @@ class CheckpointPolicy(ModelCheckpoint):
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        self.stopped_by, self._trainer = None, trainer
+        self.stopped_by, self._running = None, trainer
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stopped_by is not None or self._trainer is None:
+        if self.stopped_by is not None or self._running is None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             return
         self.stopped_by = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        launcher = self._trainer.strategy.launcher
+        launcher = self._running.strategy.launcher
         if launcher is not None and hasattr(launcher, "kill"):
             launcher.kill(signum)  # the DDP processes Lightning started, if any
-        if self._trainer.is_global_zero:
+        if self._running.is_global_zero:
             again = " (Ctrl-C again aborts without saving)" if signum == signal.SIGINT else ""
             print(
                 f"linreg: {self.stopped_by}: stopping at the next clean point and saving last.ckpt{again}",
@@ -124,22 +125,19 @@ class CheckpointPolicy(ModelCheckpoint):
         """Update last.ckpt every N epochs; on an epoch's last step, stop once the epoch is complete
         (Lightning raises right after it)."""
         super().on_train_epoch_end(trainer, pl_module)
-        due = self._every_n_epochs and (trainer.current_epoch + 1) % self._every_n_epochs == 0
-        if due and not self.save_top_k and not self._should_skip_saving_checkpoint(trainer):
-            # Lightning updates last.ckpt only beside a kept epoch file; with keep 0 there is none.
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if not self.save_top_k and due_every_n_epochs(self, trainer):
+            save_last_checkpoint(self, trainer)  # Lightning updates last.ckpt only beside a kept epoch file
         final = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
         if self._stop_agreed(trainer, pl_module) and not final:
-            trainer._signal_connector.received_sigterm = True
+            stop_after_this_epoch(trainer)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_signals()
         # Always: an epoch's checkpoint may already hold this step, but the model the fit ends with can
         # differ from it (FinalModel puts the average of the iterates in after the last epoch).
-        self._last_global_step_saved = -1
         if not trainer.fast_dev_run:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            save_last_checkpoint(self, trainer, again=True)
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -147,7 +145,7 @@ class CheckpointPolicy(ModelCheckpoint):
         if isinstance(exception, SIGTERMException):
             self.stopped_by = self.stopped_by or "SIGTERM"
             if not trainer.fast_dev_run:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                save_last_checkpoint(self, trainer)
         elif isinstance(exception, KeyboardInterrupt) and self.stopped_by:
             rank_zero_warn("linreg: aborted by a second Ctrl-C in the middle of a step; no checkpoint saved")
         elif (
@@ -159,7 +157,7 @@ class CheckpointPolicy(ModelCheckpoint):
             # Training had finished when a log or figure could not be written (a full disk): the model
             # matters more than they do, and may still fit (a checkpoint is smaller than the logs).
             try:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+                save_last_checkpoint(self, trainer)
             except LinRegError:
                 return  # the disk is full indeed; the previous checkpoint, if any, is whole
             if trainer.is_global_zero:
@@ -168,7 +166,7 @@ class CheckpointPolicy(ModelCheckpoint):
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_signals()
-        self._trainer = None
+        self._running = None
 
 
 def _write_failure(exc: BaseException) -> bool:

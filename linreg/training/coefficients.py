@@ -1,8 +1,9 @@
 """Coefficients between the model's coordinates and original units.
 
-The model trains on standardized features (and targets, when asked): z = (x − x_mean)/x_scale and
-t = (y − y_mean)/y_scale. Users, the summary and the exact solver speak original units. Both directions
-go through float64, so a solution solved in float64 loses nothing before the model's own dtype.
+The model trains on standardized features and a centred target (scaled too with ``standardize_target``):
+z = (x − x_mean)/x_scale and t = (y − y_mean)/y_scale. Users, the summary and the exact solver speak
+original units. Both directions go through float64, so a float64 solution loses nothing before the
+model's own dtype.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def to_original(module: Any, lin: nn.Linear) -> tuple[Tensor, Tensor | None]:
     if hp.standardize:
         w = w / module.x_scale.double().cpu()
         b = b - w @ module.x_mean.double().cpu()
-    if hp.standardize_target:
+    if hp.standardize:
         ys, ym = module.y_scale.double().cpu(), module.y_mean.double().cpu()
         w, b = w * ys[:, None], b * ys + ym
     return w, (b if hp.fit_intercept else None)
@@ -34,7 +35,7 @@ def from_original(module: Any, lin: nn.Linear, coef: Tensor, intercept: Tensor |
     hp, device = module.hparams, lin.weight.device
     w = coef.double().to(device)
     b = intercept.double().to(device) if intercept is not None else torch.zeros(w.shape[0], device=device)
-    if hp.standardize_target:
+    if hp.standardize:
         ys, ym = module.y_scale.double().to(device), module.y_mean.double().to(device)
         w, b = w / ys[:, None], (b - ym) / ys
     if hp.standardize:

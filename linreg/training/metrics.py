@@ -62,3 +62,49 @@ class RegressionSums(Metric):
         defined = (self.rows >= 2) & (sst > 0)
         r2 = torch.where(defined, 1.0 - self.sse / torch.where(defined, sst, torch.ones_like(sst)), torch.nan)
         return {"rows": self.rows.clone(), "loss": self.loss / n, "mse": self.sse / n, "mae": self.sae / n, "r2": r2}
+
+
+STAGES = ("train", "val", "test")
+# Running epoch state in a checkpoint: these sums, and an older linreg's MetricCollection and MeanMetric.
+STATE_PREFIXES = tuple(f"{stage}_{kind}." for stage in STAGES for kind in ("sums", "metrics", "loss"))
+
+
+def epoch_values(got: dict[str, Tensor], stage: str, targets: list[str]) -> dict[str, Tensor | float]:
+    """``RegressionSums.compute()`` as logged values: ``stage/loss``, the MSE, RMSE, MAE and R² over the
+    targets (the mean of the per-target values, RMSE the root of the mean MSE, as torchmetrics has them),
+    and each per target (``stage/mse/<target>``) when there are several. Nothing without rows; no R²
+    where it is undefined."""
+    if got["rows"] == 0:
+        return {}
+    mse, mae, r2 = got["mse"], got["mae"], got["r2"]
+    values: dict[str, Tensor | float] = {}
+    if torch.isfinite(got["loss"]):
+        values[f"{stage}/loss"] = got["loss"]
+    values |= {f"{stage}/mse": mse.mean(), f"{stage}/rmse": mse.mean().sqrt(), f"{stage}/mae": mae.mean()}
+    if not r2.isnan().any():
+        values[f"{stage}/r2"] = r2.mean()
+    if len(targets) > 1:
+        for j, name in enumerate(targets):
+            values |= {f"{stage}/mse/{name}": mse[j], f"{stage}/rmse/{name}": mse[j].sqrt()}
+            values[f"{stage}/mae/{name}"] = mae[j]
+            if not r2[j].isnan():
+                values[f"{stage}/r2/{name}"] = r2[j]
+    return values
+
+
+def monitorable(val_rows: int, sgd: bool) -> list[str]:
+    """The values a callback can monitor: the epoch values (R² needs two validation rows), the gap to the
+    optimum for SGD, and Lightning's own ``epoch`` and ``step``."""
+    keys = ["train/loss", "train/mse", "train/rmse", "train/mae", "train/r2"]
+    if val_rows:
+        keys += ["val/loss", "val/mse", "val/rmse", "val/mae"] + (["val/r2"] if val_rows > 1 else [])
+    return [*keys, *(["optimum/excess"] if sgd else []), "epoch", "step"]
+
+
+def adopt_metric_states(state: dict[str, Tensor], mine: dict[str, Tensor]) -> None:
+    """A checkpoint's running epoch state made to fit this module: an older linreg's keys dropped, missing
+    sums taken fresh. They only matter for a fit resumed mid-epoch, which the weights never depend on."""
+    for key in [k for k in state if k.startswith(STATE_PREFIXES) and k not in mine]:
+        del state[key]
+    for key in (k for k in mine if k.startswith(STATE_PREFIXES) and k not in state):
+        state[key] = mine[key]

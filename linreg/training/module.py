@@ -4,6 +4,9 @@ The module owns every piece of a fit's state: the weights and standardization (`
 exact solution and what SGD takes from it (``exact``), the tail average (``averaging``), the epoch sums
 (``train_sums``...). Callbacks call its public methods (``finish_training``) and never write into it.
 Converting coefficients between the model's coordinates and original units is ``coefficients.py``.
+
+Over 300 lines for a reason: it is one class, the LightningModule, whose hooks are Lightning's API, and a
+fifth of it is the docstring the CLI prints as ``--model.*`` help.
 """
 
 from __future__ import annotations
@@ -19,17 +22,17 @@ from typing_extensions import override
 
 from linreg.data.tables import default_names
 from linreg.errors import LinRegError
+from linreg.lightning_private import attached
 from linreg.lstsq import auto_step
 from linreg.model import LinearRegression
 from linreg.training import coefficients as coef_units
 from linreg.training.averaging import TailAverage
 from linreg.training.exact import ExactSolution, Scaling
 from linreg.training.hparams import log_hparams
-from linreg.training.metrics import RegressionSums
+from linreg.training.metrics import STAGES, RegressionSums, adopt_metric_states, epoch_values, monitorable
 
 Solver = Literal["sgd", "lstsq"]
 Auto = Literal["auto"]
-STAGES = ("train", "val", "test")
 
 
 class LinRegModule(L.LightningModule):
@@ -103,8 +106,10 @@ class LinRegModule(L.LightningModule):
         self.model = LinearRegression(in_features, out_features, bias=fit_intercept)
         self.register_buffer("x_mean", torch.zeros(in_features))
         self.register_buffer("x_scale", torch.ones(in_features))
-        self.register_buffer("y_mean", torch.zeros(out_features))
-        self.register_buffer("y_scale", torch.ones(out_features))
+        # In float64 whatever the model's dtype: a target of 1e9 + 0.02·signal keeps its signal only if
+        # the mean is taken off and put back in float64 (see _target, _unscale).
+        self.register_buffer("y_mean", torch.zeros(out_features, dtype=torch.float64))
+        self.register_buffer("y_scale", torch.ones(out_features, dtype=torch.float64))
         # The training target's mean: the metrics' R² sums targets shifted by it (see RegressionSums).
         self.register_buffer("y_center", torch.zeros(out_features, dtype=torch.float64))
         self.train_sums, self.val_sums, self.test_sums = (RegressionSums(out_features) for _ in STAGES)
@@ -130,11 +135,19 @@ class LinRegModule(L.LightningModule):
             x = (x - self.x_mean) / self.x_scale
         return self.model(x)
 
-    def _target(self, y: Tensor) -> Tensor:
-        return (y - self.y_mean) / self.y_scale if self.hparams.standardize_target else y
+    def _target(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        """The training target in the model's coordinates and dtype: centred (and scaled, with
+        ``standardize_target``) in float64 first when standardizing."""
+        if not self.hparams.standardize:
+            return y.to(dtype)
+        return ((y.to(self.y_mean.dtype) - self.y_mean) / self.y_scale).to(dtype)
 
     def _unscale(self, z: Tensor) -> Tensor:
-        return z * self.y_scale + self.y_mean if self.hparams.standardize_target else z
+        """Predictions in the target's units: in float64 when standardizing (the target's mean goes back
+        on in float64, so a float32 model of 1e9 + 0.02·signal keeps the signal)."""
+        if not self.hparams.standardize:
+            return z
+        return z.to(self.y_mean.dtype) * self.y_scale + self.y_mean
 
     def set_scaling(self, x_mean: Tensor, x_scale: Tensor, y_mean: Tensor, y_scale: Tensor) -> None:
         for name, value in zip(("x_mean", "x_scale", "y_mean", "y_scale"), (x_mean, x_scale, y_mean, y_scale)):
@@ -163,7 +176,7 @@ class LinRegModule(L.LightningModule):
         return Scaling(
             self.x_mean.double().cpu() if hp.standardize else None,
             self.x_scale.double().cpu() if hp.standardize else None,
-            self.y_scale.double().cpu() if hp.standardize_target else None,
+            self.y_scale.double().cpu() if hp.standardize_target else None,  # what the penalties' units follow
         )
 
     @property
@@ -176,7 +189,7 @@ class LinRegModule(L.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule if self._trainer is not None else None
+        data = self.trainer.datamodule if attached(self) else None
         if stage != "fit" or data is None:
             return
         hp = self.hparams
@@ -213,15 +226,14 @@ class LinRegModule(L.LightningModule):
             return
         bias = self.model.lin.bias
         if hp.lr == "auto" and hp.standardize and bias is not None and not self.trainer.ckpt_path:
-            # Standardized features are centred, so the optimal intercept is the target's mean (0 for a
-            # standardized target): starting there skips part of the descent (Longley: 466 epochs to a
-            # 1e-4 gap from the random start, 388 from here).
+            # Standardized features and the centred target: the optimal intercept is 0, and starting there
+            # skips part of the descent (Longley: 466 epochs to a 1e-4 gap from the random start, 388 from here).
             with torch.no_grad():
-                bias.copy_(torch.zeros_like(bias) if hp.standardize_target else self.y_center.to(bias))
+                bias.zero_()
 
     @property
     def _minibatch(self) -> bool:
-        data = self.trainer.datamodule if self._trainer is not None else None
+        data = self.trainer.datamodule if attached(self) else None
         batch = data.hparams.get("batch_size") if data is not None else None
         return batch is not None and self.exact is not None and batch < self.exact.optimum.n
 
@@ -265,17 +277,13 @@ class LinRegModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A float64 checkpoint under a 64-bit precision: become float64 before the weights are copied in
         (Lightning loads the state dict before its precision plugin converts the module, so a float32
-        module would round them). The epoch sums of an older linreg (a MetricCollection) are dropped."""
+        module would round them)."""
         state = checkpoint.get("state_dict", {})
         weight = state.get("model.lin.weight")
-        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        precision = str(self.trainer.precision) if attached(self) else ""
         if weight is not None and weight.dtype == torch.float64 and precision.startswith("64"):
             self.double()
-        mine = self.state_dict()
-        for key in [k for k in state if k.startswith(METRIC_STATES) and k not in mine]:
-            del state[key]
-        for key in (k for k in mine if k.startswith(METRIC_STATES) and k not in state):
-            state[key] = mine[key]
+        adopt_metric_states(state, self.state_dict())
         if self.averaging is not None:
             self.averaging.restore(checkpoint.get("linreg_averaging"))
 
@@ -310,7 +318,7 @@ class LinRegModule(L.LightningModule):
         sgd = self.hparams.solver == "sgd"
         optimizer = self.optimizers() if sgd else None
         for view in batch:
-            z, t = self._scaled(view["x"]), self._target(view["y"].to(view["x"].dtype))
+            z, t = self._scaled(view["x"]), self._target(view["y"], view["x"].dtype)
             loss, logged = self._loss(z, t, view, train=True)
             if optimizer is not None:
                 self.manual_backward(loss)
@@ -360,7 +368,7 @@ class LinRegModule(L.LightningModule):
         penalties join it: ``l2·‖W‖²`` through the gradient (every rank adds it whole, and DDP averages),
         ``l1·‖W‖₁`` only in the logged value (its step is the proximal one, see ``training_step``).
         """
-        world = self.trainer.world_size if self._trainer is not None else 1
+        world = self.trainer.world_size if attached(self) else 1
         if world == 1:
             loss = F.mse_loss(z, t)
             logged = loss.detach()
@@ -379,9 +387,9 @@ class LinRegModule(L.LightningModule):
         return loss, logged
 
     def _evaluate(self, batch: list[dict[str, Any]], stage: str) -> None:
-        alone = self._trainer is not None and self.trainer.state.fn in ("validate", "test")
+        alone = attached(self) and self.trainer.state.fn in ("validate", "test")
         for view in batch:
-            z, t = self._scaled(view["x"]), self._target(view["y"].to(view["x"].dtype))
+            z, t = self._scaled(view["x"]), self._target(view["y"], view["x"].dtype)
             if alone and not bool(torch.isfinite(z).all()):
                 # As predict refuses them; during fit, divergence is training_step's own check.
                 raise LinRegError(
@@ -448,56 +456,30 @@ class LinRegModule(L.LightningModule):
         log_hparams(self.trainer, self)
 
     def _epoch_values(self, stage: str) -> dict[str, Tensor | float]:
-        """The epoch's loss and metrics in original units, over every rank's rows; then the sums restart."""
+        """The epoch's loss and metrics over every rank's rows; then the sums restart."""
         sums = getattr(self, f"{stage}_sums")
         if not sums.update_called:
             return {}
-        got = sums.compute()
+        values = epoch_values(sums.compute(), stage, self.hparams.target_names or default_names("y", sums.sse.numel()))
         sums.reset()
-        if got["rows"] == 0:
-            return {}
-        mse, mae, r2 = got["mse"], got["mae"], got["r2"]
-        values: dict[str, Tensor | float] = {}
-        if torch.isfinite(got["loss"]):
-            values[f"{stage}/loss"] = got["loss"]
-        values |= {f"{stage}/mse": mse.mean(), f"{stage}/rmse": mse.mean().sqrt(), f"{stage}/mae": mae.mean()}
-        if not r2.isnan().any():  # R² needs two rows and a target that varies
-            values[f"{stage}/r2"] = r2.mean()
-        if self.hparams.out_features > 1:
-            for j, name in enumerate(self.hparams.target_names or default_names("y", self.hparams.out_features)):
-                values |= {f"{stage}/mse/{name}": mse[j], f"{stage}/rmse/{name}": mse[j].sqrt()}
-                values |= {f"{stage}/mae/{name}": mae[j]}
-                if not r2[j].isnan():
-                    values[f"{stage}/r2/{name}"] = r2[j]
         return values
 
     def monitorable(self, val_rows: int) -> list[str]:
-        """What a callback (``EarlyStopping``, a ``ModelCheckpoint`` with ``monitor``) can watch: the
-        epoch values ``log_values`` logs (R² needs two validation rows), and Lightning's own ``epoch``
-        and ``step``."""
-        keys = ["train/loss", "train/mse", "train/rmse", "train/mae", "train/r2"]
-        if val_rows:
-            keys += ["val/loss", "val/mse", "val/rmse", "val/mae"] + (["val/r2"] if val_rows > 1 else [])
-        if self.hparams.solver == "sgd":
-            keys.append("optimum/excess")
-        return [*keys, "epoch", "step"]
+        """What a callback (``EarlyStopping``, a ``ModelCheckpoint`` with ``monitor``) can watch."""
+        return monitorable(val_rows, sgd=self.hparams.solver == "sgd")
 
     def log_values(self, values: dict[str, Tensor | float]) -> None:
         """Epoch values: kept in ``latest`` (float64, for the summary) and logged through ``self.log``,
         so callbacks can monitor them and ``trainer.validate()`` returns them. Their TensorBoard step is
         the count of SGD updates (``global_step``), which a ``step`` value sets: Lightning's own step
         counts groups of updates (see ``Batches``)."""
-        if not values or (self._trainer is not None and self.trainer.sanity_checking):
+        if not values or (attached(self) and self.trainer.sanity_checking):
             return
         self.latest |= {key: float(value) for key, value in values.items()}
         shown = {"train/loss", "val/loss"}
         logged = {k: torch.as_tensor(float(v), dtype=torch.float32) for k, v in values.items()}
         for key in shown & logged.keys():
             self.log(key, logged.pop(key), prog_bar=True, batch_size=1)
-        if self._trainer is not None and self.trainer.state.fn == "fit":
+        if attached(self) and self.trainer.state.fn == "fit":
             logged["step"] = torch.as_tensor(float(self.global_step))
         self.log_dict(logged, batch_size=1)
-
-
-# Running epoch state: this linreg's sums, and an older linreg's MetricCollection and MeanMetric.
-METRIC_STATES = tuple(f"{stage}_{kind}." for stage in STAGES for kind in ("sums", "metrics", "loss"))

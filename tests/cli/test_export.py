@@ -75,7 +75,7 @@ def _reference(ckpt: str) -> Any:
     def forward(x: np.ndarray) -> np.ndarray:
         z = (x - s["x_mean"]) / s["x_scale"] if hp["standardize"] else x
         out = z @ s["model.lin.weight"].T + s.get("model.lin.bias", 0.0)
-        return out * s["y_scale"] + s["y_mean"] if hp["standardize_target"] else out
+        return out * s["y_scale"] + s["y_mean"] if hp["standardize"] else out
 
     return forward
 

@@ -1,0 +1,63 @@
+"""Every private Lightning part linreg uses, in one place, each with the reason no public part does the job.
+
+Lightning is pinned below 2.7 for these (pyproject.toml). ``tests/test_private_api.py`` checks that each
+still exists in the installed Lightning, and that no other file of linreg reaches into Lightning's
+private attributes except the overrides listed in ``OVERRIDDEN``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+# Private methods linreg's subclasses override: (class, method, where, why).
+OVERRIDDEN: list[tuple[type, str, str, str]] = [
+    (LightningCLI, "_prepare_subcommand_parser", "cli/app.py", "predict's --output and --overwrite flags"),
+    (LightningCLI, "_parse_ckpt_path", "cli/app.py", "check a checkpoint instead of Lightning's silent merge"),
+    (LightningCLI, "_instantiate_trainer", "cli/app.py", "atomic checkpoint writes; one-line errors"),
+    (LightningCLI, "_run_subcommand", "cli/app.py", "exit status after a signal; no empty run folders"),
+    (ModelCheckpoint, "_save_checkpoint", "training/checkpointing.py", "never a checkpoint of non-finite weights"),
+]
+
+# Private attributes the functions below read or write: (object, attribute) for the test.
+USED: list[tuple[str, str]] = [
+    ("LightningModule", "_trainer"),
+    ("Trainer", "_signal_connector"),
+    ("ModelCheckpoint", "_save_last_checkpoint"),
+    ("ModelCheckpoint", "_monitor_candidates"),
+    ("ModelCheckpoint", "_last_global_step_saved"),
+    ("ModelCheckpoint", "_should_skip_saving_checkpoint"),
+    ("ModelCheckpoint", "_every_n_epochs"),
+]
+
+
+def attached(module: L.LightningModule) -> bool:
+    """Whether a trainer runs the module: ``module.trainer`` raises when none does, and tests and the
+    estimator call the module on its own."""
+    return module._trainer is not None
+
+
+def stop_after_this_epoch(trainer: L.Trainer) -> None:
+    """Ask the fit loop to stop at the end of this epoch as after a SIGTERM, so that Lightning raises
+    ``SIGTERMException`` once the epoch's validation and logging are done (``should_stop`` would end the
+    fit quietly, as finished, and ``CheckpointPolicy`` could not tell a stop from an end)."""
+    trainer._signal_connector.received_sigterm = True
+
+
+def save_last_checkpoint(callback: ModelCheckpoint, trainer: L.Trainer, again: bool = False) -> None:
+    """Write ``last.ckpt`` now: at the end of fit, on a signal, or every N epochs without a kept epoch
+    file (Lightning updates ``last`` only beside one). ``again``: even when a checkpoint already holds
+    this step, since the model a fit ends with (the average of the iterates) can differ from it."""
+    if again:
+        callback._last_global_step_saved = -1
+    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def due_every_n_epochs(callback: ModelCheckpoint, trainer: L.Trainer) -> bool:
+    """Whether ``every_n_epochs`` asks for a checkpoint at this epoch's end, as Lightning decides it."""
+    every: Any = callback._every_n_epochs
+    due = bool(every) and (trainer.current_epoch + 1) % every == 0
+    return due and not callback._should_skip_saving_checkpoint(trainer)
