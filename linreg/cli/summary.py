@@ -61,7 +61,9 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         "solver": hp.solver,
         "features": features,
         "targets": per_target,
-        "metrics": dict(model.latest),
+        # The saved model's metrics (one pass after the last update); the epochs' running means apart.
+        "metrics": dict(model.final_metrics or model.latest),
+        "epoch_means": dict(model.latest),
         "optimum": None
         if opt is None
         else {
@@ -70,6 +72,7 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             "mse": opt.mse,
             "sgd_mse": opt.sgd_mse,
             "excess": opt.excess,
+            "exact_fit": opt.exact_fit,
             "unique": getattr(opt, "unique", True),
             "collinear": list(getattr(opt, "collinear", [])),
             "inference_note": inference_note,
@@ -84,13 +87,37 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         },
         "checkpoint": trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None,
     }
+    if opt is not None and hp.solver == "sgd" and opt.exact_fit and not opt.excess == 0.0:
+        summary["exact_fit"] = _exact_fit_report(summary, model.final_metrics)
     if opt is not None and hp.solver == "sgd" and opt.excess > 0.01:
-        summary["advice"] = diagnose(model.loss_history, _condition(model), bool(hp.standardize), _minibatch(trainer))
+        summary["advice"] = diagnose(
+            model.loss_history, _condition(model), bool(hp.standardize), _minibatch(trainer), lasso=bool(hp.l1)
+        )
     if hp.in_features == 1:
         with torch.no_grad():
             x5 = torch.full((1, 1), 5.0, device=model.device, dtype=model.model.lin.weight.dtype)
             summary["prediction_at_5"] = {t: float(v) for t, v in zip(targets, model(x5)[0])}
     return summary
+
+
+def _exact_fit_report(summary: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
+    """An SGD fit of rows a linear model fits exactly: its MSE, R², and its coefficient furthest from the
+    exact one (in original units), where a relative excess over an MSE of 0 would mean nothing."""
+    worst: tuple[float, str] = (0.0, "")
+    for target, entry in summary["targets"].items():
+        fitted, exact = entry["fitted"], entry["closed_form"] or {"coef": {}, "intercept": None}
+        pairs = [(fitted["coef"][f], exact["coef"].get(f), f) for f in fitted["coef"]]
+        pairs.append((fitted["intercept"], exact["intercept"], "(intercept)"))
+        for got, want, name in pairs:
+            if got is not None and want is not None and abs(got - want) > worst[0]:
+                worst = (abs(got - want), name if len(summary["targets"]) == 1 else f"{target}: {name}")
+    return {
+        "sgd_mse": metrics.get("train/mse"),
+        "r2": metrics.get("train/r2"),
+        "largest_coef_error": worst[0],
+        "term": worst[1],
+        "try": "--model.solver lstsq",
+    }
 
 
 def _condition(model: LinRegModule) -> float | None:
@@ -105,11 +132,15 @@ def _minibatch(trainer: Any) -> bool:
 ILL_CONDITIONED = 1e3  # above this condition number a fixed step needs many epochs (error ~ 1 - 2/sqrt(kappa))
 
 
-def diagnose(history: list[float], condition: float | None, standardized: bool, minibatch: bool) -> dict[str, str]:
+def diagnose(
+    history: list[float], condition: float | None, standardized: bool, minibatch: bool, lasso: bool = False
+) -> dict[str, str]:
     """Why SGD stopped above the optimum, read from the loss curve and the loss's condition number.
 
     - ``ill-conditioned``: nearly collinear features; a fixed step crawls along the valley.
-    - ``descending``: the loss still falls epoch after epoch; it was stopped too early.
+    - ``descending``: the loss still falls measurably epoch after epoch; it was stopped too early.
+    - ``stalled``: the loss no longer falls with full batches, or with an L1 penalty, whose proximal
+      steps stop short of the lasso's kinks: more epochs do not help, the exact solver does.
     - ``noise floor``: the loss no longer falls but wanders: the step is too large for the noise of
       its mini-batches; more epochs or a larger step would not help.
     """
@@ -123,10 +154,14 @@ def diagnose(history: list[float], condition: float | None, standardized: bool, 
         kind = "ill-conditioned"
         why = f"the features are nearly collinear (condition number {condition:.3g}), so SGD crawls along a valley"
         steps += ["--model.solver lstsq for the exact solution", "or many more --trainer.max_epochs"]
-    elif descending or not minibatch:
+    elif descending:
         kind = "descending"
         why = "the loss was still falling when training stopped"
         steps += ["more --trainer.max_epochs", "or a larger --model.lr (or --model.lr auto)"]
+    elif lasso or not minibatch:
+        kind = "stalled"
+        why = "the loss stopped falling" + (": proximal SGD stops short of the lasso's exact zeros" if lasso else "")
+        steps += ["--model.solver lstsq for the exact optimum" + (" (coordinate descent)" if lasso else "")]
     else:
         kind = "noise floor"
         why = "the loss stopped falling and wanders: the step is too large for the noise of its mini-batches"
@@ -148,6 +183,9 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
     lines = [f"linreg: fit done, {s['epochs']} epoch(s), {s['steps']} step(s)"]
     if "train/loss" in s["metrics"]:
         lines.append(f"  final loss      {s['metrics']['train/loss']:.8f}")
+    if "train/loss" in s["epoch_means"] and s["epoch_means"] != s["metrics"]:
+        mean = s["epoch_means"]["train/loss"]
+        lines.append(f"  epoch loss      {mean:.8f} (the last epoch's mean, before its updates)")
     for name in ("train/r2", "val/mse", "val/r2"):
         if name in s["metrics"]:
             lines.append(f"  {name:<15} {s['metrics'][name]:.6g}")
@@ -194,9 +232,20 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
                 if part.get("dropped"):
                     lines.append(f"  {t}: the {name} solution dropped {', '.join(part['dropped'])} (coefficient 0)")
         what = "objective (MSE + penalties, model units)" if opt["penalized"] else "mse"
-        lines.append(
-            f"  optimum {what} {opt['mse']:.6g}; {fitted} {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)"
-        )
+        if "exact_fit" in s:
+            e = s["exact_fit"]
+            r2 = f", R² {e['r2']:.9g}" if e["r2"] is not None else ""
+            lines.append(
+                f"  the rows are fit exactly by a linear model (optimum mse {opt['mse']:.3g}); SGD's mse "
+                f"{e['sgd_mse']:.6g}{r2}, largest coefficient error {e['largest_coef_error']:.6g} ({e['term']}); "
+                f"for the exact fit use {e['try']}"
+            )
+        elif opt["exact_fit"]:
+            lines.append(f"  the rows are fit exactly by a linear model (optimum mse {opt['mse']:.3g}) and by this one")
+        else:
+            lines.append(
+                f"  optimum {what} {opt['mse']:.6g}; {fitted} {opt['sgd_mse']:.6g} (excess {100 * opt['excess']:.3g}%)"
+            )
         if "advice" in s:
             lines.append("  " + far_from_optimum_advice(opt["excess"], s["advice"]))
     if s["checkpoint"]:

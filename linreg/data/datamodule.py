@@ -381,11 +381,12 @@ class LinRegData(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def exact_batches(self, batch_size: int = 65_536) -> Batches | list:
-        """This rank's share of the training rows as the file holds them, in order: the solver's pass."""
-        if "train" not in self._exact:
+    def exact_batches(self, batch_size: int = 65_536, split: str = "train") -> Batches | list:
+        """This rank's share of a split's rows as the file holds them, in order: the solver's pass over the
+        training rows, and the final model's measurement (``LinRegModule.finish_training``)."""
+        if split not in self._exact:
             return []
-        x, y = self._exact["train"]
+        x, y = self._exact[split]
         if isinstance(x, (RecordRows, StreamRows)):  # out of core: resident memory stays at about one training batch
             batch_size = min(batch_size, self.hparams.batch_size or CHUNK_ROWS, CHUNK_ROWS)
         rank, world = self._rank()

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+EXACT = 1e-12  # an MSE below this share of the target's variance is an exact fit
+
 
 @dataclass
 class Optimum:
@@ -26,15 +28,23 @@ class Optimum:
     dropped: list[list[str]] = field(default_factory=list)  # per target: features the lasso set to exactly 0
     inference: list[dict[str, Any]] | None = None  # per target, OLS inference; None when it does not apply
     inference_note: str | None = None  # why inference is None
+    penalized: bool = False  # mse and sgd_mse hold the penalized objective (see ExactSolution.compared)
+
+    @property
+    def exact_fit(self) -> bool:
+        """A linear model fits the rows exactly: the unpenalized optimum's MSE is below 1e-12 of the
+        target's variance (of its mean square, for a constant target). No relative gap describes a model
+        measured against zero: the summary says so in words instead."""
+        scale = self.target_var if self.target_var > 0 else self.target_ms
+        return not self.penalized and self.mse <= EXACT * scale
 
     @property
     def excess(self) -> float:
-        """SGD's MSE above the optimum, relative to the optimum; when the fit is exact, relative to the
-        target's variance, or to its mean square when the target is constant."""
+        """The compared model's MSE (or objective) above the optimum, relative to the optimum's. NaN without
+        a compared model, and for an exact fit (see ``exact_fit``), unless the model is exact too."""
         if self.sgd_mse is None or math.isnan(self.sgd_mse):
             return math.nan
-        for scale in (self.mse, self.target_var, self.target_ms):
-            if scale > 1e-9 * max(self.target_var, self.target_ms, 1e-30):
-                return max(self.sgd_mse - self.mse, 0.0) / scale
-        # A target that is exactly 0: an SGD error at rounding level is no gap.
-        return 0.0 if self.sgd_mse <= max(self.mse, 1e-12) else float("inf")
+        if self.exact_fit:
+            scale = self.target_var if self.target_var > 0 else self.target_ms
+            return 0.0 if self.sgd_mse <= max(EXACT * scale, 1e-24) else math.nan  # 1e-24: a target of zeros
+        return max(self.sgd_mse - self.mse, 0.0) / self.mse

@@ -38,14 +38,21 @@ def elastic_net(G: np.ndarray, b: np.ndarray, l1: float, l2: float, size: float)
     return w
 
 
-def exact_on_support(G: np.ndarray, b: np.ndarray, w: np.ndarray, l1: float, l2: float) -> np.ndarray | None:
+def solve_on_support(G: np.ndarray, b: np.ndarray, w: np.ndarray, l1: float, l2: float) -> np.ndarray:
+    """The stationary point of ½·wᵀ(G + l2·I)w − bᵀw + l1·‖w‖₁ with w's zeros and signs held."""
     active = w != 0
-    sign = np.sign(w[active])
     exact = np.zeros_like(w)
     if active.any():
         a = G[np.ix_(active, active)] + l2 * np.eye(int(active.sum()))
-        exact[active] = np.linalg.lstsq(a, b[active] - l1 * sign, rcond=None)[0]
-        if np.any(np.sign(exact[active]) != sign):
-            return None
+        exact[active] = np.linalg.lstsq(a, b[active] - l1 * np.sign(w[active]), rcond=None)[0]
+    return exact
+
+
+def exact_on_support(G: np.ndarray, b: np.ndarray, w: np.ndarray, l1: float, l2: float) -> np.ndarray | None:
+    """``solve_on_support`` where it is the optimum: signs kept, and no zero that should move."""
+    active = w != 0
+    exact = solve_on_support(G, b, w, l1, l2)
+    if np.any(np.sign(exact[active]) != np.sign(w[active])):
+        return None
     slack = np.abs(b - G @ exact)[~active]
     return exact if np.all(slack <= l1 * (1 + 1e-9) + 1e-12 * np.abs(b).max()) else None

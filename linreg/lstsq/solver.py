@@ -36,7 +36,7 @@ from torch import Tensor
 
 from linreg.lstsq.inference import ols_inference
 from linreg.lstsq.optimum import Optimum
-from linreg.lstsq.penalties import elastic_net
+from linreg.lstsq.penalties import elastic_net, exact_on_support, solve_on_support
 from linreg.lstsq.rank import null_space
 
 # Rows per QR. The flops do not depend on it, the memory traffic does: on 2,000,000 × 32 float32 rows
@@ -242,6 +242,7 @@ class LeastSquares:
             dropped=dropped,
             inference=inference,
             inference_note=note,
+            penalized=bool(self.l1 or self.l2),
         )
 
     def objective(
@@ -261,6 +262,44 @@ class LeastSquares:
             raise ValueError("an intercept for a fit without one")
         sx, sy = _scales(x_scale, self.d), _scales(y_scale, self.k)
         return self._objective(_rss(R, gamma) * c_y**2, coef * sx / sy[:, None], sy)
+
+    def polish(
+        self, coef: Tensor, x_scale: Tensor | None = None, y_scale: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None] | None:
+        """The exact lasso / elastic-net optimum on the support of ``coef`` (original units, k × d), if
+        one is there: what proximal SGD approaches and, in float32 with a constant step, stalls short of.
+
+        Solved with the support's signs fixed, then checked against the optimality conditions; a feature
+        whose sign flips leaves the support and the solve is repeated. None when no support reached
+        from SGD's is optimal (SGD's weights stay). Returns the coefficients and intercepts."""
+        if self.rows == 0 or self.l1 == 0:
+            return None
+        R, s_x, s_y, c_x, c_y = self._numpy()
+        d, o, p = self.d, int(self.fit_intercept), self.p
+        sx, sy = _scales(x_scale, d), _scales(y_scale, self.k)
+        B, t = R[o:p, o:p] * (c_x / sx), R[o:p, p:] * (c_y / sy)
+        G, b = B.T @ B, B.T @ t
+        nk = self.rows * self.k
+        start = np.asarray(torch.as_tensor(coef).detach().cpu(), dtype=np.float64).reshape(self.k, d) * sx / sy[:, None]
+        w = np.zeros((d, self.k))
+        for j in range(self.k):
+            support = start[j].copy()
+            for _ in range(d + 1):
+                exact = solve_on_support(G, b[:, j], support, nk * self.l1 / 2, nk * self.l2)
+                flipped = (support != 0) & (np.sign(exact) != np.sign(support))
+                if not flipped.any():
+                    break
+                support[flipped] = 0.0
+            optimal = exact_on_support(G, b[:, j], support, nk * self.l1 / 2, nk * self.l2)
+            if optimal is None:
+                return None
+            w[:, j] = optimal
+        gamma = w * (sy / c_y) * (c_x / sx)[:, None]
+        full = np.vstack([(R[0, p:] - R[0, 1:p] @ gamma) / R[0, 0], gamma]) if o else gamma
+        solved = (gamma * c_y / c_x[:, None]).T
+        intercept = s_y + c_y * full[0] - solved @ s_x if o else None
+        b0 = None if intercept is None else torch.from_numpy(intercept)
+        return torch.from_numpy(np.ascontiguousarray(solved)), b0
 
     def _objective(self, rss: np.ndarray, w: np.ndarray, sy: np.ndarray) -> float:
         mse = float(np.mean(rss / sy**2)) / self.rows

@@ -64,13 +64,14 @@ class ExactSolution:
         return big / small if small > 0 else None
 
     def compared(
-        self, coef: Tensor, intercept: Tensor | None, penalized: bool, scaling: Scaling
+        self, coef: Tensor, intercept: Tensor | None, penalized: bool, scaling: Scaling, mse: float | None = None
     ) -> Optimum:
-        """The optimum, with these coefficients' training MSE as the compared model's. With penalties,
-        both ``mse`` fields hold the penalized objective instead (in the model's units): that is what
-        the fit minimizes, and what its gap to the optimum means."""
+        """The optimum, with these coefficients' training MSE as the compared model's: ``mse`` when
+        given (measured from the model's own predictions), else exactly from the R factor. With
+        penalties, both ``mse`` fields hold the penalized objective instead (in the model's units):
+        that is what the fit minimizes, and what its gap to the optimum means."""
         ls, optimum = self.least_squares, self.optimum
         if penalized:
             objective = ls.objective(coef, intercept, scaling.x_scale, scaling.y_scale)
-            return dataclasses.replace(optimum, mse=optimum.objective, sgd_mse=objective)
-        return dataclasses.replace(optimum, sgd_mse=ls.objective(coef, intercept))
+            return dataclasses.replace(optimum, mse=optimum.objective, sgd_mse=objective, penalized=True)
+        return dataclasses.replace(optimum, sgd_mse=ls.objective(coef, intercept) if mse is None else mse)

@@ -14,7 +14,7 @@ METRICS = ("train/mse", "train/r2", "val/mse", "val/r2")
 
 def log_hparams(trainer: L.Trainer, module: Any) -> None:
     """One call at the end of a fit: the same keys for every run (so runs of either solver line up),
-    plain values only (no ``_instantiator``), and the metrics every run has."""
+    plain values only (no ``_instantiator``), and the saved model's metrics, which every run has."""
     if not isinstance(trainer.logger, TensorBoardLogger):  # others take no hparams metrics
         return
     hp = module.hparams
@@ -23,5 +23,6 @@ def log_hparams(trainer: L.Trainer, module: Any) -> None:
     params |= {key: data.get(key) for key in DATA_FLAGS}
     params["precision"] = str(trainer.precision)
     params = {k: v if isinstance(v, (int, float, str, bool)) else str(v).lower() for k, v in params.items()}
-    metrics = {f"hp/{key.replace('/', '_')}": module.latest[key] for key in METRICS if key in module.latest}
+    final = module.final_metrics
+    metrics = {f"hp/{key.replace('/', '_')}": final[key] for key in METRICS if key in final}
     trainer.logger.log_hyperparams(params, metrics, step=trainer.global_step)

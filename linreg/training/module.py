@@ -118,6 +118,7 @@ class LinRegModule(L.LightningModule):
         self.averaging = TailAverage(self.averaged) if self.averaged is not None else None
         self.exact: ExactSolution | None = None  # measured in setup("fit"), before the optimizer exists
         self._final: Any = None  # the optimum compared with the model the fit ended with
+        self.final_metrics: dict[str, float] = {}  # the saved model's train/val metrics (finish_training)
         self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
         self.trained = False  # whether this run took a training step (a failed fit's logs are kept only then)
@@ -291,6 +292,7 @@ class LinRegModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Averaging's state beyond the averaged weights (see ``TailAverage``)."""
         checkpoint["linreg_averaging"] = self.averaging.state() if self.averaging is not None else {}
+        checkpoint["linreg_final_metrics"] = dict(self.final_metrics)
 
     @override
     def on_train_start(self) -> None:
@@ -435,17 +437,49 @@ class LinRegModule(L.LightningModule):
         lin = self.averaging.module.lin if self.averaging is not None and self.averaging.running else None
         return self._compared(*self.coefficients(lin)).excess
 
-    def _compared(self, coef: Tensor, intercept: Tensor | None) -> Any:
+    def _compared(self, coef: Tensor, intercept: Tensor | None, mse: float | None = None) -> Any:
         hp = self.hparams
-        return self.exact.compared(coef, intercept if hp.fit_intercept else None, bool(hp.l1 or hp.l2), self.scaling)
+        intercept = intercept if hp.fit_intercept else None
+        return self.exact.compared(coef, intercept, bool(hp.l1 or hp.l2), self.scaling, mse)
 
     def finish_training(self) -> None:
-        """The end of a fit, before its last checkpoint: end with the average of the iterates when
-        averaging, then compare the model with the optimum (what the summary reports)."""
+        """The end of a fit, before its last checkpoint: the model it ends with (the average of the
+        iterates when averaging; a lasso polished on its support), measured once more on the training
+        and validation rows, and compared with the optimum from its own predictions' residuals."""
+        hp = self.hparams
         if self.averaging is not None:
             self.averaging.finish(self.model)
+        if hp.solver == "sgd" and hp.l1 and hp.lr == "auto" and self.exact is not None:  # a given lr: plain SGD
+            scaling = self.scaling
+            polished = self.exact.least_squares.polish(self.coefficients()[0], scaling.x_scale, scaling.y_scale)
+            if polished is not None:
+                self.set_coefficients(*polished)
+        self.final_metrics = self._measure_final()
         if self.exact is not None:
-            self._final = self._compared(*self.coefficients())
+            self._final = self._compared(*self.coefficients(), mse=self.final_metrics.get("train/mse"))
+
+    @torch.no_grad()
+    def _measure_final(self) -> dict[str, float]:
+        """Metrics of the model as saved, one pass over each split's rows (streamed and DDP-merged like
+        the epochs): the epoch values are running means over a moving model, taken before each update."""
+        data = self.trainer.datamodule
+        if not hasattr(data, "exact_batches"):
+            return {}
+        dtype = self.model.lin.weight.dtype
+        names = self.hparams.target_names or default_names("y", self.hparams.out_features)
+        values: dict[str, Any] = {}
+        for split in ("train", "val"):
+            batches = data.exact_batches(split=split)
+            if not batches:
+                continue
+            sums = RegressionSums(self.hparams.out_features).to(self.device)
+            for view in batches.batches():
+                x, y = view["x"].to(self.device, dtype), view["y"].to(self.device)
+                z = self._scaled(x)
+                _, logged = self._loss(z, self._target(y, dtype), view, train=split == "train")
+                sums.update(self._unscale(z), y, self.y_center, logged)
+            values |= epoch_values(sums.compute(), split, names)
+        return {key: float(value) for key, value in values.items()}
 
     @override
     def on_train_end(self) -> None:

@@ -212,12 +212,16 @@ def test_header_only_table_says_no_rows(cli, workdir, capsys) -> None:
     assert err == ["linreg: error: empty.csv: no data rows (columns ['a', 'y'], but no rows under them)"]
 
 
-def test_constant_target_reports_a_sensible_excess(cli, workdir, capsys) -> None:
-    """y = 5 everywhere: the optimum is exact and the target has no variance, so the excess is
-    measured against the target's mean square (a finite percentage, not 1e32 %)."""
+def test_constant_target_is_an_exact_fit_said_in_words(cli, workdir, capsys) -> None:
+    """y = 5 everywhere: the optimum is exact and the target has no variance, so no relative excess means
+    anything (1e32 % once): the summary says the rows are fit exactly, with SGD's MSE and its worst coefficient."""
     pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "y": 5.0}).to_csv(workdir / "flat.csv", index=False)
-    assert cli("fit", "--data.path", "flat.csv", "--trainer.max_epochs", "5") == 0
+    assert cli("fit", "--data.path", "flat.csv", "--trainer.max_epochs", "5", "--model.lr", "0.01") == 0
     summary = json.loads((last_ckpt(workdir).parent / "summary.json").read_text())
     opt = summary["optimum"]
-    assert opt["mse"] == pytest.approx(0.0, abs=1e-12)
-    assert opt["excess"] == pytest.approx(opt["sgd_mse"] / 25.0, rel=1e-9)
+    assert opt["mse"] == pytest.approx(0.0, abs=1e-12) and opt["exact_fit"] and opt["excess"] is None
+    report = summary["exact_fit"]
+    assert report["sgd_mse"] == pytest.approx(opt["sgd_mse"], rel=1e-9) and report["sgd_mse"] > 0
+    intercept = summary["targets"]["y"]["fitted"]["intercept"]
+    assert report["largest_coef_error"] >= abs(intercept - 5.0) - 1e-12
+    assert "fit exactly by a linear model" in capsys.readouterr().out
