@@ -436,13 +436,14 @@ class LinRegData(L.LightningDataModule):
         """Report the pass ``batches`` make over a streamed table: this rank's share of each batch."""
         if not isinstance(batches.x, StreamRows):
             return
-        n, b, world = batches.n, batches.batch_size, batches.world_size
-        share = 0
-        for start in range(0, n, b):
-            per_rank = math.ceil((min(start + b, n) - start) / world)
-            lo = min(start + batches.rank * per_rank, min(start + b, n))
-            share += min(lo + per_rank, min(start + b, n)) - lo
-        batches.x.progress = Progress(what, share)
+        n, b, rank, world = batches.n, batches.batch_size, batches.rank, batches.world_size
+
+        def share(size: int) -> int:  # this rank's part of a batch of ``size`` rows, as ``Batches`` cuts it
+            per_rank = math.ceil(size / world)
+            return max(0, min(size - rank * per_rank, per_rank))
+
+        what += f" (this process's share, of {world})" if world > 1 else ""
+        batches.x.progress = Progress(what, n // b * share(b) + share(n % b))
 
     def _batches(self, key: str, shuffle: Shuffle = "none", with_index: bool = False) -> Batches | list:
         if key not in self._splits:
@@ -475,6 +476,7 @@ class LinRegData(L.LightningDataModule):
     @override
     def predict_dataloader(self) -> Batches | list:
         batches = self._batches("predict", with_index=True)
-        if batches:
+        bar = self.trainer is not None and self.trainer.progress_bar_callback is not None
+        if batches and not bar:  # Lightning's bar, where it is on, reports this pass already
             self._report(batches, f"predicting {self.path}")
         return batches

@@ -153,7 +153,12 @@ class Source:
         _bounded_memory()
 
         self.path, self.files = path, expand(path)
-        self._stats = {f: _stat(f) for f in self.files}  # each file as listed: see ``verify``
+        self._stats = {}  # each file as listed: see ``verify``
+        for f in self.files:
+            try:
+                self._stats[f] = _stat(f)
+            except OSError as exc:
+                raise LinRegError(f"{f}: cannot read: {exc.strerror}") from exc
         self.kind = _kind(self.files[0])
         self._pa = pa
         self._open: dict[int, Any] = {}  # a few open Parquet files; a folder may hold more than the fd limit

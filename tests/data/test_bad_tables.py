@@ -107,6 +107,11 @@ def test_pandas_index_column_is_not_a_feature_in_either_mode(cli, workdir, capsy
         assert cli("fit", "--data.path", "t.csv", "--data.stream", stream, *named, *STREAM, *QUIET) == 0
         assert notes(capsys.readouterr().err) == []
         assert summary(workdir)["features"] == ["Unnamed: 0", "a", "b"]  # the same name in both modes
+    (workdir / "parts").mkdir()
+    frame(200).iloc[::2].to_parquet(workdir / "parts" / "p.parquet")  # its index kept: 0, 2, 4, ...
+    for stream in ("false", "true"):
+        assert cli("fit", "--data.path", "parts", "--data.stream", stream, *STREAM, *QUIET) == 0
+        assert summary(workdir)["features"] == ["a", "b"]  # main, streamed: '__index_level_0__' too
 
 
 @pytest.mark.parametrize("change", ["delete", "truncate"])
