@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from linreg.data import streams
+from linreg.data.datamodule import LinRegData
 from linreg.data.streams import Source, expand
 from tests.helpers import ROOT, error_line, last_ckpt
 
@@ -136,6 +137,22 @@ def test_a_part_that_changes_after_the_check_is_refused_naming_it(cli, workdir, 
     assert not list(workdir.rglob("*.ckpt"))
 
 
+def test_a_table_deleted_after_it_was_read_is_refused_naming_it(cli, workdir, capsys, monkeypatch) -> None:
+    frame(100).to_parquet(workdir / "t.parquet", index=False)
+    check = LinRegData._check_out_of_core
+
+    def check_then_delete(self, x):  # read into memory, then gone before the fit fingerprints it
+        check(self, x)
+        (workdir / "t.parquet").unlink()
+
+    monkeypatch.setattr(LinRegData, "_check_out_of_core", check_then_delete)
+    assert cli("fit", "--data.path", "t.parquet", *QUIET) == 1  # main: FileNotFoundError from fingerprint()
+    assert error_line(capsys) == (
+        "linreg: error: t.parquet: vanished or unreadable since linreg read it (No such file or directory)"
+    )
+    assert not list(workdir.rglob("*.ckpt"))
+
+
 def test_a_name_with_glob_characters_that_exists_is_that_file(cli, workdir, capsys) -> None:
     tables = {"data[2020].csv": 30, "data2.csv": 40, "what?.csv": 50, "whatX.csv": 60}
     for name, rows in tables.items():
@@ -198,6 +215,7 @@ def test_streamed_passes_report_one_line_each_outside_a_terminal(cli, workdir, c
     )
 
 
+@pytest.mark.slow
 def test_streamed_passes_redraw_one_progress_line_on_a_terminal(workdir) -> None:
     (workdir / "parts").mkdir()
     frame(3000).to_parquet(workdir / "parts" / "p.parquet", index=False, row_group_size=100)
