@@ -92,12 +92,18 @@ def _walk(root: str) -> Iterator[tuple[str, tuple[str, ...]]]:
 def _glob(pattern: str) -> list[str]:
     """``glob.glob(pattern, recursive=True)``, except that ``**`` walks each real folder once: glob's own
     follows a link to a parent round and round, one more copy of every file each time."""
-    if "**" not in pattern:
-        return glob.glob(pattern)  # a fixed depth: a loop cannot repeat a file without end
     parts = Path(pattern).parts
-    first = next(i for i, part in enumerate(parts) if _wildcard(part))
-    root = os.path.join(*parts[:first]) if first else os.curdir
-    return [os.path.join(*parts[:first], *names) for _, names in _walk(root) if _matches(parts[first:], names)]
+    if "**" not in parts:
+        return glob.glob(pattern)  # a fixed depth: a loop cannot repeat a file without end
+    first = parts.index("**")
+    above = os.path.join(*parts[:first]) if first else ""
+    roots = glob.glob(above) if _wildcard(above) else [above]  # the folders above ``**``: a fixed depth too
+    return [
+        os.path.join(root, *names)
+        for root in roots
+        for _, names in _walk(root or os.curdir)
+        if _matches(parts[first:], names)
+    ]
 
 
 def _matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
