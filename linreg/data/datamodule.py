@@ -7,17 +7,19 @@ four points.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 from typing_extensions import override
 
 from linreg.data.batches import Batches, Shuffle
-from linreg.data.streams import StreamRows
+from linreg.data.streams import Progress, StreamRows
 from linreg.data.tables import (
     CHUNK_ROWS,
     RecordRows,
@@ -28,11 +30,18 @@ from linreg.data.tables import (
     fingerprint_change,
     mean_scale,
     read_table,
+    unnamed,
 )
 from linreg.errors import LinRegError
 from linreg.tutorial.data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 
 OUT_OF_CORE_BATCH = 65_536  # rows per batch when evaluating or predicting a table read from disk
+
+
+def _note(message: str) -> None:
+    """One line on stderr, from the first process only (each DDP process reads the table)."""
+    if rank_zero_only.rank == 0:
+        print(f"linreg: note: {message}", file=sys.stderr)
 
 
 def _counts_steps(trainer: L.Trainer) -> bool:
@@ -163,13 +172,34 @@ class LinRegData(L.LightningDataModule):
             if table is None:
                 return ["x"]
             skip = set(self.target_names) | {self.id_column}
-            self._features = [c for c in table.columns if c not in skip and table.looks_numeric(c)]
+            candidates = [c for c in table.columns if c not in skip]
+            nameless = [c for c in candidates if unnamed(c)]
+            text = [c for c in candidates if not unnamed(c) and not table.looks_numeric(c)]
+            self._features = [c for c in candidates if c not in nameless and c not in text]
             if not self._features:
                 raise LinRegError(f"{self.path}: no numeric feature columns besides the target {self.target_names}")
+            self._say_skipped(nameless, text)
+            ids = [c for c in self._features if c.lower() == "id" and table.counts_rows(c)]
+            if ids:
+                _note(
+                    f"{self.path}: column {ids[0]!r} counts the rows (unique integers from {table.sample(ids[0])[0]}), "
+                    f"rarely a feature, and is one; keep it and silence this with --data.features "
+                    f"[{','.join(self._features)}], or pass it through to predictions with --data.id_column {ids[0]}"
+                )
         overlap = sorted(set(self._features) & set(self.target_names))
         if overlap:
             raise LinRegError(f"columns {overlap} are both features and targets")
         return self._features
+
+    def _say_skipped(self, nameless: list[str], text: list[str]) -> None:
+        """Columns left out of the default features, in one line each: nothing silently dropped."""
+        if nameless:
+            _note(
+                f"{self.path}: column(s) {nameless} have no name in the header (an index written by pandas' "
+                "to_csv): not features; name one in --data.features to use it"
+            )
+        if text:
+            _note(f"{self.path}: text column(s) {text} are not features (linreg needs numbers)")
 
     @property
     def in_features(self) -> int:
@@ -252,7 +282,7 @@ class LinRegData(L.LightningDataModule):
         if stage == "fit":
             self._check_out_of_core(self._exact["train"][0])
             if self.path is not None:
-                self._fingerprint = fingerprint(self.path)  # the table as this fit reads it
+                self._fingerprint = self._table_fingerprint()  # the table as this fit reads it
         if stage in ("validate", "test"):
             key = "val" if stage == "validate" else "test"
             if key not in self._exact:
@@ -263,6 +293,11 @@ class LinRegData(L.LightningDataModule):
                 # Targets stay as the file holds them: the loss casts them to the model's dtype, and the
                 # metrics compare predictions with the true values, not with their float32 rounding.
                 self._splits[key] = (self._as_dtype(x), y)
+
+    def _table_fingerprint(self) -> list[list[str | int]]:
+        """A streamed table's files as it listed and checked them (refused if one vanished or changed since)."""
+        table = self._load()
+        return fingerprint(self.path, table.stream if table is not None else None)
 
     def _check_out_of_core(self, x: Rows) -> None:
         """Training on rows read from disk as it goes: batches bounded, and an order the format can serve."""
@@ -305,7 +340,8 @@ class LinRegData(L.LightningDataModule):
                 table = self._load()
                 allowed = set(self.feature_names) | set(self.target_names) | {self.id_column}
                 missing = [c for c in self.feature_names if c not in table.columns]
-                extra = [c for c in table.columns if c not in allowed]
+                nameless = [c for c in table.columns if c not in allowed and unnamed(c)]
+                extra = [c for c in table.columns if c not in allowed and c not in nameless]
                 if missing or extra:
                     parts = [
                         f"missing feature column(s) {missing}" if missing else "",
@@ -316,6 +352,7 @@ class LinRegData(L.LightningDataModule):
                         + "; ".join(p for p in parts if p)
                         + f"; the model expects features {self.feature_names}"
                     )
+                self._say_skipped(nameless, [])
                 x = table.matrix(self.feature_names, dtype=None, fit_float32=self.dtype == torch.float32)
             self._exact["predict"] = (x, None)
         x = self._exact["predict"][0]
@@ -344,7 +381,7 @@ class LinRegData(L.LightningDataModule):
         if self.path is None:
             return {}
         if self._fingerprint is None:  # once per run: a checkpoint every epoch would rehash the files
-            self._fingerprint = fingerprint(self.path)
+            self._fingerprint = self._table_fingerprint()
         batches = self._train_batches
         mid_epoch = isinstance(batches, Batches) and 0 < batches.served < len(batches)
         return {"train_table": self._fingerprint, "mid_epoch": mid_epoch}
@@ -390,7 +427,24 @@ class LinRegData(L.LightningDataModule):
         if isinstance(x, (RecordRows, StreamRows)):  # out of core: resident memory stays at about one training batch
             batch_size = min(batch_size, self.hparams.batch_size or CHUNK_ROWS, CHUNK_ROWS)
         rank, world = self._rank()
-        return Batches(x, y, batch_size, "none", 0, rank, world)
+        if isinstance(x, StreamRows):  # a pass of its own, reported: a fresh reader, so training's are not
+            x = StreamRows(x.source, x.names, x.dtype)
+        batches = Batches(x, y, batch_size, "none", 0, rank, world)
+        self._report(batches, f"least squares over {x.shape[1]} column(s) of {self.path}")
+        return batches
+
+    def _report(self, batches: Batches, what: str) -> None:
+        """Report the pass ``batches`` make over a streamed table: this rank's share of each batch."""
+        if not isinstance(batches.x, StreamRows):
+            return
+        n, b, rank, world = batches.n, batches.batch_size, batches.rank, batches.world_size
+
+        def share(size: int) -> int:  # this rank's part of a batch of ``size`` rows, as ``Batches`` cuts it
+            per_rank = math.ceil(size / world)
+            return max(0, min(size - rank * per_rank, per_rank))
+
+        what += f" (this process's share, of {world})" if world > 1 else ""
+        batches.x.progress = Progress(what, n // b * share(b) + share(n % b))
 
     def _batches(self, key: str, shuffle: Shuffle = "none", with_index: bool = False) -> Batches | list:
         if key not in self._splits:
@@ -422,4 +476,8 @@ class LinRegData(L.LightningDataModule):
 
     @override
     def predict_dataloader(self) -> Batches | list:
-        return self._batches("predict", with_index=True)
+        batches = self._batches("predict", with_index=True)
+        bar = self.trainer is not None and self.trainer.progress_bar_callback is not None
+        if batches and not bar:  # Lightning's bar, where it is on, reports this pass already
+            self._report(batches, f"predicting {self.path}")
+        return batches

@@ -11,9 +11,12 @@ Never imports Lightning; ``tables.read_table`` decides what streams.
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import glob
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,29 +42,93 @@ def _kind(path: str) -> str | None:
     return None
 
 
+def _wildcard(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
 def expand(path: str) -> list[str]:
-    """The files of a table: a file, every Parquet/CSV file under a folder, or a glob's matches, sorted."""
-    if any(ch in path for ch in "*?["):
-        files = sorted(glob.glob(path, recursive=True))
-        where = f"the pattern {path!r}"
-    elif os.path.isdir(path):
+    """The files of a table: a file, every Parquet/CSV file under a folder, or a glob's matches, sorted.
+
+    A path that exists is that file or folder, glob characters in its name or not (``data[2020].csv``):
+    only a path that does not exist is a pattern. Links are followed, but every real folder is walked
+    once and every real file counted once, so a link back to a parent (a loop) adds no rows.
+    """
+    if os.path.isdir(path):
         # Like pyarrow: no part of the path under the folder may start with "." or "_" (.ipynb_checkpoints,
         # _temporary, _SUCCESS), or a stray copy would be read as more rows.
-        files = sorted(
-            str(p)
-            for p in Path(path).rglob("*")
-            if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-        )
+        files = [f for f, parts in _walk(path) if not any(part.startswith((".", "_")) for part in parts)]
         where = f"the folder {path}"
-    else:
+    elif os.path.exists(path) or not _wildcard(path):
         return [path]
-    files = [f for f in files if _kind(f)]
+    else:
+        files = _glob(path)
+        where = f"the pattern {path!r}"
+    files = _once(f for f in files if _kind(f) and os.path.isfile(f))
     if not files:
         raise LinRegError(f"{where} holds no .parquet or .csv files")
     kinds = {_kind(f) for f in files}
     if len(kinds) > 1:
         raise LinRegError(f"{where} mixes Parquet and CSV files; give one kind")
     return files
+
+
+def _walk(root: str) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """Every file under ``root`` with its path components below it, following links, each real folder
+    once (its real path first, where it is reached both ways at one level)."""
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort(key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
+        rel = os.path.relpath(folder, root)
+        parts = () if rel == os.curdir else tuple(Path(rel).parts)
+        for name in names:
+            yield os.path.join(folder, name), (*parts, name)
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, except that ``**`` walks each real folder once: glob's own
+    follows a link to a parent round and round, one more copy of every file each time."""
+    parts = Path(pattern).parts
+    if "**" not in parts:
+        return glob.glob(pattern)  # a fixed depth: a loop cannot repeat a file without end
+    first = parts.index("**")
+    above = os.path.join(*parts[:first]) if first else ""
+    roots = glob.glob(above) if _wildcard(above) else [above]  # the folders above ``**``: a fixed depth too
+    return [
+        os.path.join(root, *names)
+        for root in roots
+        for _, names in _walk(root or os.curdir)
+        if _matches(parts[first:], names)
+    ]
+
+
+def _matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
+    """Path components against glob components, as ``glob`` matches them: ``**`` any number of
+    folders, and a name starting with "." only where the pattern's component does too."""
+    if not pattern:
+        return not names
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_matches(rest, names[i:]) for i in range(len(names) + 1) if not _hidden(names[:i]))
+    if not names or (names[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], head) and _matches(rest, names[1:])
+
+
+def _hidden(names: Sequence[str]) -> bool:
+    return any(name.startswith(".") for name in names)
+
+
+def _once(files: Iterator[str] | list[str]) -> list[str]:
+    """Each real file once, under its shortest name (a loop's longer names are the same file), sorted."""
+    kept: dict[str, str] = {}
+    for file in sorted(files, key=lambda f: (f.count(os.sep), f)):
+        kept.setdefault(os.path.realpath(file), file)
+    return sorted(kept.values())
 
 
 def _bounded_memory() -> None:
@@ -92,9 +159,17 @@ class Source:
         _bounded_memory()
 
         self.path, self.files = path, expand(path)
+        self._stats = {}  # each file as listed: see ``verify``
+        for f in self.files:
+            try:
+                self._stats[f] = _stat(f)
+            except OSError as exc:
+                raise LinRegError(f"{f}: cannot read: {exc.strerror}") from exc
         self.kind = _kind(self.files[0])
         self._pa = pa
         self._open: dict[int, Any] = {}  # a few open Parquet files; a folder may hold more than the fd limit
+        self._csv_names: dict[str, Any] = {}  # CSV read options naming the columns, where the header has gaps
+        index: list[str] = []
         if self.kind == "parquet":
             import pyarrow.parquet as pq
 
@@ -106,6 +181,8 @@ class Source:
                     raise LinRegError(f"{f}: cannot read as Parquet: {reason(exc)}") from exc
             schemas = [m.schema.to_arrow_schema() for m in metas]
             self.schema = schemas[0]
+            # A pandas index (to_parquet of a filtered frame) is the frame's index in memory, not a column.
+            index = [c for c in (self.schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
             for f, schema in zip(self.files, schemas):
                 if schema.names != self.schema.names:
                     raise LinRegError(f"{f}: columns {schema.names} differ from {self.files[0]}'s {self.schema.names}")
@@ -113,12 +190,16 @@ class Source:
             self.groups = [[m.row_group(i).num_rows for i in range(m.num_row_groups)] for m in metas]
             self.counts: list[int] | None = [sum(g) for g in self.groups]
         else:
+            header = self._csv_schema(self.files[0]).names
+            named = [name or f"Unnamed: {i}" for i, name in enumerate(header)]
+            if named != header:  # an empty header cell (to_csv's index) gets pandas' name, as in memory
+                self._csv_names = {"column_names": named, "skip_rows": 1}
             # Types from the first part with rows: a header-only part types every column null.
             self.schema = next((s for s in map(self._csv_schema, self.files) if _typed(s)), None)
             self.schema = self.schema or self._csv_schema(self.files[0])
             self._schemas = [self.schema]
             self.counts = None  # known after the first pass (``check``)
-        self.columns = list(self.schema.names)
+        self.columns = [c for c in self.schema.names if c not in index]
         duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
         if duplicated:
             raise LinRegError(f"{self.files[0]}: duplicate column names {duplicated}")
@@ -128,6 +209,7 @@ class Source:
         import pyarrow.parquet as pq
 
         if i not in self._open:
+            self.verify(self.files[i])
             if len(self._open) >= OPEN_FILES:
                 self._open.pop(next(iter(self._open))).close()
             self._open[i] = pq.ParquetFile(self.files[i])
@@ -136,18 +218,47 @@ class Source:
     def read_group(self, file: int, group: int, names: Sequence[str]) -> Any:
         """Row group ``group`` of file ``file`` as an Arrow table; a failure (a part changed or damaged since
         it was checked) is one line naming the file, in training as in the check."""
+        self.verify(self.files[file])
         try:
             # One thread: pyarrow's own threads decoded a streamed epoch 10-15% faster on two cores, but a
             # 300 MiB table's fit then peaked 20-40 MiB higher, near the 96 MiB bound (measured).
             return self.parquet(file).read_row_group(group, columns=list(names), use_threads=False)
         except Exception as exc:
+            self.verify(self.files[file])  # a part rewritten while open: say so, not what the decoder saw
             raise LinRegError(f"{self.files[file]}: cannot read: {reason(exc)}") from exc
+
+    def verify(self, file: str) -> None:
+        """Refuse a part deleted, truncated or rewritten since it was listed: the rows checked, counted
+        and trained on, and the fingerprint a checkpoint keeps, must all be of one table."""
+        then = self._stats[file]
+        try:
+            now = _stat(file)
+        except OSError as exc:
+            raise LinRegError(
+                f"{file}: cannot read: it vanished since linreg listed it ({exc.strerror}); leave the table as it is "
+                "until linreg has read it"
+            ) from exc
+        if now != then:
+            what = f"size {then[0]} then, {now[0]} now" if now[0] != then[0] else "rewritten, same size"
+            raise LinRegError(
+                f"{file}: cannot read: it changed since linreg checked it ({what}); leave the table as it is "
+                "until linreg has read it"
+            )
+
+    def verify_all(self) -> None:
+        for file in self.files:
+            self.verify(file)
+
+    def _csv_options(self, block_size: int) -> Any:
+        import pyarrow.csv as pc
+
+        return pc.ReadOptions(block_size=block_size, **self._csv_names)
 
     def _csv_schema(self, file: str) -> Any:
         import pyarrow.csv as pc
 
         try:
-            with pc.open_csv(file, read_options=pc.ReadOptions(block_size=1 << 16)) as reader:
+            with pc.open_csv(file, read_options=self._csv_options(1 << 16)) as reader:
                 return reader.schema
         except Exception as exc:
             raise LinRegError(f"{file}: cannot read as CSV: {reason(exc)}") from exc
@@ -173,12 +284,15 @@ class Source:
         """Read every row of ``names`` once and name the first NaN, inf, text or (for float32 training)
         out-of-range value by file, column and 1-based row of that file."""
         counts = []
-        for file, blocks in zip(self.files, self._blocks_per_file(names)):
-            rows = 0
-            for block in _named(file, blocks):
-                check_finite(block, names, file, rows, to_float32)
-                rows += len(block)
-            counts.append(rows)
+        total = sum(self.counts) if self.counts is not None else None
+        with Progress(f"checking {len(names)} column(s) of {self.path}", total) as progress:
+            for file, blocks in zip(self.files, self._blocks_per_file(names)):
+                rows = 0
+                for block in _named(file, blocks):
+                    check_finite(block, names, file, rows, to_float32)
+                    rows += len(block)
+                    progress.update(len(block))
+                counts.append(rows)
         if not sum(counts):
             raise LinRegError(f"{self.path}: no data rows (columns {self.columns}, but no rows under them)")
         self.counts = counts
@@ -196,8 +310,9 @@ class Source:
         pa = self._pa
         convert = pc.ConvertOptions(include_columns=list(names), column_types={n: pa.float64() for n in names})
         rows = 0
+        self.verify(file)
         try:
-            with pc.open_csv(file, read_options=pc.ReadOptions(block_size=CSV_BLOCK), convert_options=convert) as r:
+            with pc.open_csv(file, read_options=self._csv_options(CSV_BLOCK), convert_options=convert) as r:
                 for batch in r:
                     rows += batch.num_rows
                     yield _matrix(batch, names)
@@ -211,7 +326,7 @@ class Source:
         pa = self._pa
         convert = pc.ConvertOptions(include_columns=list(names), column_types={n: pa.string() for n in names})
         try:
-            with pc.open_csv(file, read_options=pc.ReadOptions(block_size=CSV_BLOCK), convert_options=convert) as r:
+            with pc.open_csv(file, read_options=self._csv_options(CSV_BLOCK), convert_options=convert) as r:
                 rows = 0
                 for batch in r:
                     if rows + batch.num_rows > skip:
@@ -222,6 +337,45 @@ class Source:
                     rows += batch.num_rows
         except pa.ArrowException:  # not a text cell but a malformed file: the caller names the file
             return None
+        return None
+
+    def sample(self, name: str) -> np.ndarray:
+        """The column's first rows (a row group, or about ``CSV_BLOCK`` bytes of text) as the table types
+        them: enough to tell a label from a number column with bad cells, or an id that counts rows,
+        without a pass over the table."""
+        import pyarrow.csv as pc
+
+        for i, file in enumerate(self.files):
+            try:
+                if self.kind == "parquet":
+                    values = self.read_group(i, 0, [name]).column(0) if self.groups[i] else []
+                else:
+                    convert = pc.ConvertOptions(include_columns=[name])
+                    with pc.open_csv(file, read_options=self._csv_options(CSV_BLOCK), convert_options=convert) as r:
+                        values = next(iter(r), None)
+                    values = values.column(0) if values is not None else []
+            except LinRegError:
+                raise
+            except Exception as exc:
+                raise LinRegError(f"{file}: cannot read column {name!r}: {reason(exc)}") from exc
+            if len(values):
+                return values.to_numpy(zero_copy_only=False)
+        return np.array([])
+
+    def first_text(self, name: str) -> str | None:
+        """The first cell of column ``name`` that is not a number, as a refusal naming file, column and row."""
+        for i, file in enumerate(self.files):
+            if self.kind == "csv":
+                found = self._csv_text(file, [name], 0)
+            else:
+                try:
+                    cells = self.parquet(i).read(columns=[name]).column(0).cast(self._pa.string()).to_pylist()
+                except self._pa.ArrowException:  # a type with no text form: the caller's message stands
+                    return None
+                k = next((k for k, cell in enumerate(cells) if cell is not None and not _number(cell)), None)
+                found = None if k is None else f"{file}: column {name!r} is not numeric (row {k + 1}: {cells[k]!r})"
+            if found:
+                return found
         return None
 
     def column(self, name: str) -> np.ndarray:
@@ -237,7 +391,7 @@ class Source:
                     parts.append(self.parquet(i).read(columns=[name]).column(0))
                 else:
                     convert = pc.ConvertOptions(include_columns=[name], column_types={name: pa.string()})
-                    parts.append(pc.read_csv(file, convert_options=convert).column(0))
+                    parts.append(pc.read_csv(file, self._csv_options(CSV_BLOCK), convert_options=convert).column(0))
             except Exception as exc:
                 raise LinRegError(f"{file}: cannot read column {name!r}: {reason(exc)}") from exc
         types = {p.type for p in parts}
@@ -267,6 +421,7 @@ class StreamRows:
         self._cache: list[tuple[Any, int, list[np.ndarray]]] = []  # (key, first row, columns) of the last blocks
         self._csv: tuple[int, Iterator[np.ndarray], int] | None = None  # (file, blocks, next row) of the CSV scan
         self._decoded: _Decoded | None = None
+        self.progress: Progress | None = None  # a pass to report (predict, the closed form's), set by its caller
         if source.kind == "parquet":
             self._group_starts = []  # global first row of each (file, row group), in order
             self._group_keys = []
@@ -285,6 +440,8 @@ class StreamRows:
         if not isinstance(rows, slice):
             raise LinRegError("streamed tables are read in row ranges; use --data.shuffle blocks or none")
         start, stop, _ = rows.indices(self.shape[0])
+        if self.progress is not None:
+            self.progress.update(max(stop - start, 0))
         if self._decoded is not None and stop > start:
             groups = range(self._group(start), self._group(stop - 1) + 1)
             if self._decoded.has(groups):
@@ -450,6 +607,71 @@ def _number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _stat(file: str) -> tuple[int, int]:
+    """What tells a file changed without reading it: its size and modification time."""
+    st = os.stat(file)
+    return st.st_size, st.st_mtime_ns
+
+
+class Progress:
+    """How far a pass over a streamed table has come, on stderr.
+
+    On a terminal, one line redrawn at most every ``EVERY`` seconds (rows, rows/s, and the time left
+    where the rows to read are known); otherwise, for a log, one line when the pass ends. Only the
+    first process of a distributed run reports: the others make the same pass over their share.
+    """
+
+    EVERY = 0.25  # seconds between redraws: a pass is never slowed by its report
+
+    def __init__(self, what: str, total: int | None = None) -> None:
+        self.what, self.total, self.rows = what, total, 0
+        self.start = self.shown = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.on = all(os.environ.get(v, "0") in ("", "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+        self.done = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self.close()
+        elif self.tty and self.on and not self.done and self.shown > self.start:
+            print(file=sys.stderr)  # the error goes on a line of its own, below where the pass stopped
+        self.done = True
+
+    def update(self, rows: int) -> None:
+        if self.done:
+            return
+        self.rows += rows
+        if self.total is not None and self.rows >= self.total:
+            self.close()
+        elif self.tty and self.on and time.monotonic() - self.shown >= self.EVERY:
+            self.shown = time.monotonic()
+            print(f"\r{self.line()}\x1b[K", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.done and self.on:
+            print(f"\r{self.line(done=True)}\x1b[K" if self.tty else self.line(done=True), file=sys.stderr, flush=True)
+        self.done = True
+
+    def line(self, done: bool = False) -> str:
+        seconds = time.monotonic() - self.start
+        rate = self.rows / max(seconds, 1e-6)
+        text = f"linreg: {self.what}: {self.rows:,}" + (f" of {self.total:,}" if self.total else "") + " rows"
+        if done:
+            return f"{text} in {_duration(seconds)} ({rate:,.0f} rows/s)"
+        left = f", {_duration((self.total - self.rows) / rate)} left" if self.total and self.rows else ""
+        return f"{text}, {rate:,.0f} rows/s{left}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def reason(exc: BaseException) -> str:

@@ -6,9 +6,11 @@ that turns a parser's complaint into a ``LinRegError`` naming the file, the colu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from linreg.data.streams import CSV, Source, StreamRows, check_finite, expand, reason
+from linreg.data.streams import CSV, Progress, Source, StreamRows, check_finite, expand, reason
 from linreg.errors import LinRegError
 
 if TYPE_CHECKING:
@@ -34,6 +36,17 @@ def default_names(prefix: str, count: int) -> list[str]:
     in another.
     """
     return [prefix] if count == 1 else [f"{prefix}{i}" for i in range(count)]
+
+
+UNNAMED = re.compile(r"Unnamed: \d+")  # pandas' name for an empty header cell: to_csv's index
+
+
+def unnamed(name: str) -> bool:
+    """Whether a column had no name in its file's header (both modes call it ``Unnamed: <position>``)."""
+    return UNNAMED.fullmatch(name) is not None
+
+
+THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")  # "1,234.5": a number, as people write them
 
 
 class Table:
@@ -95,12 +108,32 @@ class Table:
         return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
 
     def looks_numeric(self, name: str) -> bool:
-        """A text column where some cells parse as numbers is a numeric column with bad cells, not a label."""
+        """A text column where some cells parse as numbers (or are numbers with thousands separators,
+        "1,234") is a numeric column with bad cells, to refuse, not a label. A streamed table looks at
+        its first rows (``Source.sample``), a table in memory at every row."""
         if self.is_numeric(name):
             return True
+        if self.frame is None and self.stream is None:  # numpy arrays hold no text
+            return False
         import pandas as pd
 
-        return self.frame is not None and bool(pd.to_numeric(self.frame[name], errors="coerce").notna().any())
+        cells = pd.Series(self.sample(name))
+        if pd.to_numeric(cells, errors="coerce").notna().any():
+            return True
+        text = pd.api.types.is_object_dtype(cells) or pd.api.types.is_string_dtype(cells)
+        return text and bool(cells.str.fullmatch(THOUSANDS.pattern).fillna(False).astype(bool).any())
+
+    def sample(self, name: str) -> np.ndarray:
+        """The column's values: all of them, or a streamed table's first rows."""
+        return self.stream.sample(name) if self.stream is not None else self.column(name)
+
+    def counts_rows(self, name: str) -> bool:
+        """Whether an integer column holds unique consecutive integers (0, 1, 2, ... or 1, 2, 3, ...):
+        a row number, rarely a feature. A streamed table is judged by its first rows."""
+        values = self.sample(name)
+        if values.dtype.kind not in "iu" or len(values) < 2:
+            return False
+        return bool(values[0] in (0, 1) and np.array_equal(values, np.arange(values[0], values[0] + len(values))))
 
     def column(self, name: str) -> np.ndarray:
         if self.stream is not None:  # one column of a streamed table (an id column): small enough to hold
@@ -118,6 +151,9 @@ class Table:
                 raise LinRegError(f"{self.source}: no column {name!r}; columns are {self.columns}")
             if not self.is_numeric(name):
                 where = ""
+                found = self.stream.first_text(name) if self.stream is not None else None
+                if found:
+                    raise LinRegError(found + _hint(found))
                 if self.frame is not None:
                     series = self.frame[name]
                     import pandas as pd
@@ -126,7 +162,8 @@ class Table:
                     if bad.any():
                         row = int(np.flatnonzero(bad)[0])
                         where = f" (row {row + 1}: {series.iloc[row]!r})"
-                raise LinRegError(f"{self.source}: column {name!r} is not numeric{where}")
+                message = f"{self.source}: column {name!r} is not numeric{where}"
+                raise LinRegError(message + _hint(message))
 
     def matrix(
         self, names: Sequence[str], dtype: torch.dtype | None = torch.float32, fit_float32: bool = False
@@ -169,6 +206,12 @@ class Table:
             check_finite(exact[start : start + CHUNK_ROWS], names, self.source, start, to_float32)
         values = np.ascontiguousarray(exact, dtype=want)
         return torch.from_numpy(values if values.flags.writeable else values.copy())
+
+
+def _hint(message: str) -> str:
+    """How to fix a cell like "1,234", which a person reads as a number and a parser does not."""
+    cell = re.search(r": '(.*)'\)$", message)
+    return "; write numbers without thousands separators" if cell and THOUSANDS.fullmatch(cell[1]) else ""
 
 
 CHUNK_ROWS = 1 << 13  # small chunks: bigger temporaries stay cached by the allocator (measured)
@@ -243,7 +286,9 @@ def read_table(path: str | Path, stream: bool | str = "auto") -> Table:
     ``auto`` streams folders, globs and files too large to hold comfortably (``STREAM_BYTES``).
     """
     text = str(path)
-    many = os.path.isdir(text) or any(ch in text for ch in "*?[")
+    # A path that exists is that file, glob characters in its name or not (data[2020].csv); only one
+    # that does not is a pattern.
+    many = os.path.isdir(text) or (not os.path.exists(text) and any(ch in text for ch in "*?["))
     p = Path(path)
     if not many and not p.is_file():
         raise LinRegError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
@@ -278,24 +323,31 @@ def read_table(path: str | Path, stream: bool | str = "auto") -> Table:
 FINGERPRINT_BLOCK = 1 << 20  # bytes hashed at each end of a file
 
 
-def fingerprint(path: str) -> list[list[str | int]]:
+def fingerprint(path: str, source: Source | None = None) -> list[list[str | int]]:
     """What a checkpoint remembers of its training table, to tell a resumed fit that the table changed:
     each file's name (within the folder or glob), size, and a hash of its first and last MiB.
 
     Cheap for any size; an edit that keeps the size and touches neither end of a file larger than
     2 MiB goes unseen. The names are relative, so a table moved or copied elsewhere is the same table.
+    A streamed table (``source``) is fingerprinted as it was read: its files as listed, refused if one
+    vanished or changed since.
     """
-    files = expand(path)
+    if source is not None:
+        source.verify_all()
+    files = source.files if source is not None else expand(path)
     base = path if os.path.isdir(path) else os.path.dirname(files[0]) if len(files) > 1 else None
     prints: list[list[str | int]] = []
     for file in files:
-        size = os.path.getsize(file)
         digest = hashlib.blake2b(digest_size=16)
-        with open(file, "rb") as f:
-            digest.update(f.read(FINGERPRINT_BLOCK))
-            if size > FINGERPRINT_BLOCK:
-                f.seek(max(FINGERPRINT_BLOCK, size - FINGERPRINT_BLOCK))
-                digest.update(f.read())
+        try:
+            with open(file, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                digest.update(f.read(FINGERPRINT_BLOCK))
+                if size > FINGERPRINT_BLOCK:
+                    f.seek(max(FINGERPRINT_BLOCK, size - FINGERPRINT_BLOCK))
+                    digest.update(f.read())
+        except OSError as exc:
+            raise LinRegError(f"{file}: vanished or unreadable since linreg read it ({exc.strerror})") from exc
         name = os.path.relpath(file, base) if base else os.path.basename(file)
         prints.append([name, size, digest.hexdigest()])
     return prints
@@ -333,7 +385,13 @@ def _whole(path: str, source: Source) -> Table:
     """A folder or glob of parts read into memory (``--data.stream false``), in file order."""
     import pandas as pd
 
-    frames = [pd.read_parquet(f) if source.kind == "parquet" else pd.read_csv(f) for f in source.files]
+    frames = []
+    for f in source.files:
+        source.verify(f)
+        try:
+            frames.append(pd.read_parquet(f) if source.kind == "parquet" else pd.read_csv(f))
+        except Exception as exc:
+            raise LinRegError(f"{f}: cannot read: {reason(exc)}") from exc
     frame = pd.concat(frames, ignore_index=True)
     if len(frame) == 0:
         raise LinRegError(f"{path}: no data rows")
@@ -383,10 +441,15 @@ def mean_scale(x: Rows) -> tuple[Tensor, Tensor]:
     shift = x[0:CHUNK_ROWS].double().mean(0)
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros(x.shape[1], dtype=torch.float64)
-    for start in range(0, x.shape[0], CHUNK_ROWS):
-        chunk = x[start : start + CHUNK_ROWS].double() - shift
-        total += chunk.sum(0)
-        squares += (chunk * chunk).sum(0)
+    streamed = isinstance(x, StreamRows)
+    what = f"statistics of {x.shape[1]} column(s) of {x.source.path}" if streamed else ""
+    with Progress(what, x.shape[0]) if streamed else contextlib.nullcontext() as progress:
+        for start in range(0, x.shape[0], CHUNK_ROWS):
+            chunk = x[start : start + CHUNK_ROWS].double() - shift
+            total += chunk.sum(0)
+            squares += (chunk * chunk).sum(0)
+            if progress is not None:
+                progress.update(chunk.shape[0])
     mean = total / x.shape[0]
     std = (squares / x.shape[0] - mean * mean).clamp_min(0).sqrt()
     return shift + mean, torch.where(std > 0, std, torch.ones_like(std))
