@@ -197,7 +197,10 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
         X = validate_data(self, as_numpy(X), dtype=np.float64, reset=False)
         module = self.module_
         with torch.no_grad():
-            pred = module(torch.tensor(X, dtype=module.model.lin.weight.dtype)).double().numpy()
+            # Row-major, as linreg's tables serve rows: a column-major X (a DataFrame's values) takes another
+            # matmul path in torch, whose float32 sums can differ from `linreg predict`'s in the last bit.
+            x = torch.tensor(X, dtype=module.model.lin.weight.dtype).contiguous()
+            pred = module(x).double().numpy()
         return pred[:, 0] if self._y_ndim == 1 else pred
 
     def summary(self) -> Any:

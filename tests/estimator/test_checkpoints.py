@@ -30,6 +30,8 @@ def test_load_of_a_cli_checkpoint_predicts_what_linreg_predict_wrote(cli, workdi
     written = pd.read_parquet(workdir / "pred.parquet")["progression"].to_numpy()
     est = load(ckpt)
     assert list(est.feature_names_in_) == list(X.columns) and est.optimum_ is None
+    new = pd.read_csv(workdir / "new.csv")  # as a user reads it: a column-major block of values
+    np.testing.assert_array_equal(est.predict(new), written)
     np.testing.assert_array_equal(est.predict(X.iloc[400:]), written)
     assert est.precision == precision and est.get_params()["solver"] == "sgd"
 
@@ -40,7 +42,7 @@ def test_a_saved_estimator_works_with_linreg_predict(cli, workdir, tables) -> No
     path = est.save(workdir / "est.ckpt")
     assert cli("predict", "--ckpt_path", str(path), "--data.path", "new.csv", "--output", "pred.parquet") == 0
     written = pd.read_parquet(workdir / "pred.parquet")["target"].to_numpy()  # named after y's Series name
-    np.testing.assert_array_equal(est.predict(X.iloc[400:]), written)
+    np.testing.assert_array_equal(est.predict(pd.read_csv(workdir / "new.csv")), written)
     np.testing.assert_array_equal(load(path).predict(X.iloc[400:]), written)
     assert not list(workdir.glob("*.tmp")) and not list(workdir.glob(".*.tmp"))
 
