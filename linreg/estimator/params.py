@@ -103,17 +103,23 @@ def target_names(y: Any) -> list[str] | None:
     return [str(c) for c in columns] if columns is not None else None
 
 
+# Beyond the CLI's NOISE: a torch deprecation inside Lightning's DDP all_gather (the closed form's R factors).
+QUIET_TOO = (r".*all_gather is deprecated.*",)
+
+
 @contextlib.contextmanager
 def quiet(verbose: bool) -> Iterator[None]:
-    """No Lightning banners (devices, tips) or warnings linreg's CLI silences too, unless ``verbose``."""
-    log = logging.getLogger("lightning.pytorch")
-    level = log.level
+    """No Lightning banners (devices, tips, DDP's start) or warnings linreg's CLI silences, unless ``verbose``."""
+    logs = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [log.level for log in logs]
     with warnings.catch_warnings():
-        for pattern in NOISE:
+        for pattern in (*NOISE, *QUIET_TOO):
             warnings.filterwarnings("ignore", message=pattern)
         if not verbose:
-            log.setLevel(logging.WARNING)
+            for log in logs:
+                log.setLevel(logging.WARNING)
         try:
             yield
         finally:
-            log.setLevel(level)
+            for log, level in zip(logs, levels):
+                log.setLevel(level)

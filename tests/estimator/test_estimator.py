@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -20,6 +23,7 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from linreg import LinearRegressor, LinRegError
 from linreg.training.module import LinRegModule
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +74,10 @@ def test_several_targets_and_torch_inputs(diabetes) -> None:
     np.testing.assert_allclose(est.coef_, sk.coef_, atol=1e-9)
     assert est.predict(X.to_numpy()).shape == (len(X), 2)
     assert not hasattr(est, "feature_names_in_")
+    table = est.summary()  # one block per target, each with its own inference
+    assert list(table.index.names) == ["target", "term"] and len(table) == 2 * 11
+    np.testing.assert_allclose(table.loc["y1", "coef"].to_numpy()[1:], sk.coef_[1], rtol=1e-9)
+    assert len(table.attrs["r2"]) == 2
 
 
 def test_grid_search_over_l2_scores_each_fold_as_ridge(diabetes) -> None:
@@ -170,3 +178,31 @@ def test_check_estimator() -> None:
     assert set(failed) <= set(skipped), failed
     for name, reason in skipped.items():
         assert name not in failed or reason in failed[name]
+
+
+DDP_SCRIPT = """
+import numpy as np
+from sklearn.datasets import load_diabetes
+from linreg import LinearRegressor
+X, y = load_diabetes(return_X_y=True)
+two = LinearRegressor(solver="lstsq", precision="64-true", strategy="ddp", devices=2, accelerator="cpu").fit(X, y)
+one = LinearRegressor(solver="lstsq", precision="64-true").fit(X, y)
+print("gap", np.abs(two.coef_ - one.coef_).max() / np.abs(one.coef_).max(), two.score(X, y) - one.score(X, y))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_equals_one_process(tmp_path) -> None:
+    """DDP from a script: Lightning starts the second process by running the script again."""
+    script = tmp_path / "fit_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    gaps = [line.split()[1:] for line in run.stdout.splitlines() if line.startswith("gap")]
+    assert len(gaps) == 2  # each rank ends its fit with the same model
+    for coef_gap, score_gap in gaps:
+        assert float(coef_gap) < 1e-10 and abs(float(score_gap)) < 1e-12
+    assert "Initializing distributed" not in run.stderr and "all_gather" not in run.stderr  # quiet
