@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from linreg.cli.checkpoints import load_checkpoint
@@ -40,7 +41,7 @@ def load(path: str | Path) -> LinearRegressor:
     d, k = module.hparams.in_features, module.hparams.out_features
     names = hp.get("feature_names")
     if names and list(names) != default_names("x", d):
-        est.feature_names_in_ = [str(n) for n in names]
+        est.feature_names_in_ = np.asarray([str(n) for n in names], dtype=object)  # as scikit-learn stores them
     est.n_features_in_ = d
     est._set_fitted(module, 1 if k == 1 else 2)
     est.optimum_ = None
