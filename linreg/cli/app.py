@@ -107,17 +107,18 @@ class LinRegCLI(LightningCLI):
         return {self._wanted: every[self._wanted]} if self._wanted else every
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """linreg's own groups (data, model) before the Trainer's, so `fit --help` shows them first."""
+        """linreg's own groups (data, model, checkpoint, figures) before the Trainer's, so `fit --help`
+        shows them first."""
         parser.add_lightning_class_args(LinRegData, "data")
         parser.add_lightning_class_args(LinRegModule, "model")
+        parser.add_lightning_class_args(CheckpointPolicy, "checkpoint")
+        parser.add_lightning_class_args(FitFigures, "figures")
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in LINKED:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
-        parser.add_lightning_class_args(CheckpointPolicy, "checkpoint")
-        parser.add_lightning_class_args(FitFigures, "figures")
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
