@@ -30,6 +30,7 @@ NOISE = (
     r".*overridden `transfer_batch_to_device`.*",  # linreg's own, on the module: intended
     r".*LightningCLI's args parameter is intended.*",  # argv rewritten by LinRegCLI (--data.features one name)
     r".*`max_epochs` was not set.*",  # the cap of 1000 is Lightning's; linreg's stopping rule (--model.tol) ends a fit
+    r".*this fit will run with no optimizer.*",  # --model.solver lstsq has no SGD, by design
 )
 
 

@@ -74,6 +74,8 @@ def test_a_default_fit_has_no_max_epochs_noise(cli, houses, capsys, recwarn) -> 
     out, err = capsys.readouterr()
     assert not [w for w in recwarn if "max_epochs" in str(w.message)]
     assert "max_epochs" not in out + err
+    assert cli("fit", "--data.path", str(houses), "--data.target", "price", "--model.solver", "lstsq") == 0
+    assert not [w for w in recwarn if "optimizer" in str(w.message)]  # lstsq has no SGD, by design
 
 
 def test_summary_prints_a_column_only_when_it_has_values(cli, houses, capsys) -> None:
