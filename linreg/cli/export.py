@@ -51,7 +51,7 @@ class Predictor(nn.Module):
         return out * self.y_scale + self.y_mean if self.standardize else out
 
 
-def export_main(args: list[str] | None = None) -> None:
+def export_main(args: list[str] | None = None) -> Path:
     """Parse ``linreg export`` flags with jsonargparse, as LightningCLI parses the other subcommands."""
     parser = ArgumentParser(
         prog="linreg export",
@@ -61,7 +61,7 @@ def export_main(args: list[str] | None = None) -> None:
     parser.add_argument("--output", type=str, required=True, help="model.onnx or model.pt2 (the format)")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output")
     cfg = parser.parse_args(args)
-    export(cfg.ckpt_path, cfg.output, cfg.overwrite)
+    return export(cfg.ckpt_path, cfg.output, cfg.overwrite)
 
 
 def export(ckpt_path: str | Path, output: str | Path, overwrite: bool = False) -> Path:
