@@ -73,7 +73,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
         strategy: str = "auto",
-        precision: str = "32-true",
+        precision: str = "auto",
         trainer_kwargs: dict[str, Any] | None = None,
         callbacks: list[L.Callback] | None = None,
         logger: Any = False,
@@ -144,7 +144,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
                 standardize_target=self.standardize_target,
                 **{name: getattr(self, name) for name in MODEL_PARAMS},
             )
-            trainer = self._trainer()
+            trainer = self._new_trainer()
             try:
                 trainer.fit(module, datamodule=data)
             except LinRegError as exc:  # a fit that diverged, say: the CLI's one line, as a ValueError
@@ -155,14 +155,14 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
         self.n_iter_ = trainer.current_epoch
         return self
 
-    def _trainer(self) -> L.Trainer:
+    def _new_trainer(self) -> L.Trainer:
         settings: dict[str, Any] = {
             "max_epochs": self.max_epochs,
             "max_steps": self.max_steps,
             "accelerator": self.accelerator,
             "devices": self.devices,
             "strategy": self.strategy,
-            "precision": self.precision,
+            "precision": self._precision(),
             "logger": self.logger,
             "callbacks": list(self.callbacks or []),
             "enable_checkpointing": False,
@@ -176,6 +176,12 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
             return L.Trainer(**settings)
         except (MisconfigurationException, ValueError, TypeError) as exc:
             raise ParameterError(f"trainer settings refused by Lightning: {' '.join(str(exc).split())}") from exc
+
+    def _precision(self) -> str:
+        """As the CLI: the exact solution is float64 and stays so, unless a precision is given."""
+        if self.precision != "auto":
+            return str(self.precision)
+        return "64-true" if self.solver == "lstsq" else "32-true"
 
     def _set_fitted(self, module: LinRegModule, y_ndim: int) -> None:
         module.eval()

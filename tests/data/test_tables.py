@@ -144,7 +144,7 @@ def test_standardization_travels_in_the_checkpoint(cli, workdir) -> None:
     )
     model = LinRegModule.load_from_checkpoint(last_ckpt(workdir))
     assert model.hparams.standardize and model.hparams.standardize_target
-    assert torch.allclose(model.x_mean, torch.from_numpy(X).mean(0), rtol=1e-4)
+    assert torch.allclose(model.x_mean, torch.from_numpy(X).double().mean(0), rtol=1e-4)
     assert torch.allclose(model.y_mean, torch.from_numpy(Y).double().mean(0), rtol=1e-4)
     w, b = model.coefficients()  # original units
     assert np.allclose(w.numpy()[0], W[0], atol=1e-3) and b.item() == pytest.approx(1.0, abs=1e-2)
