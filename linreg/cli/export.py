@@ -33,7 +33,8 @@ METADATA_FILE = "linreg.json"  # the metadata inside a .pt2 (torch.export.load(.
 
 
 class Predictor(nn.Module):
-    """Raw features in, predictions in the target's units out: LinRegModule's forward, nothing else."""
+    """Raw features in, predictions in the target's units out: LinRegModule's forward, nothing else.
+    Predictions of a model that standardizes come out in float64, as ``linreg predict`` computes them."""
 
     def __init__(self, state: dict[str, Tensor], standardize: bool) -> None:
         super().__init__()
@@ -41,14 +42,16 @@ class Predictor(nn.Module):
         bias = state.get("model.lin.bias")  # absent for a model fitted without an intercept
         self.weight = nn.Parameter(weight.clone(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.to(weight.dtype).clone(), requires_grad=False)
-        for name in ("x_mean", "x_scale", "y_mean", "y_scale"):
+        for name in ("x_mean", "x_scale"):
             self.register_buffer(name, state[name].to(weight.dtype).clone())
+        for name in ("y_mean", "y_scale"):  # float64, as the module holds them: the target's mean goes back on
+            self.register_buffer(name, state[name].to(torch.float64).clone())  # in float64 (1e9 + signal)
         self.standardize = standardize  # the target is centred (and scaled) whenever the features are
 
     def forward(self, features: Tensor) -> Tensor:
         x = (features - self.x_mean) / self.x_scale if self.standardize else features
         out = nn.functional.linear(x, self.weight, self.bias)
-        return out * self.y_scale + self.y_mean if self.standardize else out
+        return out.to(torch.float64) * self.y_scale + self.y_mean if self.standardize else out
 
 
 def export_main(args: list[str] | None = None) -> Path:

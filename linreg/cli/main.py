@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,22 @@ class _DropTip(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
-def quiet_lightning() -> None:
-    """Silence Lightning messages that are noise for linreg's users (each one named in NOISE)."""
-    for pattern in NOISE:
-        warnings.filterwarnings("ignore", message=pattern)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTip())
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """For one command: silence Lightning messages that are noise for linreg's users (each one named in
+    NOISE), and TensorBoard's thread's second traceback. A Python caller's warning filters, loggers and
+    thread hook are theirs again afterwards: nothing process-wide outlives the command."""
+    log, tip, hook = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _DropTip(), threading.excepthook
+    with warnings.catch_warnings():
+        for pattern in NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        log.addFilter(tip)
+        threading.excepthook = _thread_excepthook
+        try:
+            yield
+        finally:
+            log.removeFilter(tip)
+            threading.excepthook = hook
 
 
 def _thread_excepthook(args: Any) -> None:
@@ -82,8 +95,11 @@ def main(args: list[str] | None = None) -> Result | None:
     """Entry point of the ``linreg`` command. Called from Python with a list of arguments, it returns
     a ``Result`` (the fitted module, the summary, ...); as the console script (``args`` None) it returns
     None, since the script hands the return value to ``sys.exit``."""
-    quiet_lightning()
-    threading.excepthook = _thread_excepthook  # for the process: the writer thread may report at exit
+    with quiet_lightning():
+        return _run(args)
+
+
+def _run(args: list[str] | None) -> Result | None:
     argv = sys.argv[1:] if args is None else list(args)
     result: Result | None = None
     try:
@@ -101,9 +117,8 @@ def main(args: list[str] | None = None) -> Result | None:
             result = Result("export", output=export_main(argv[1:]))
         else:
             cli = LinRegCLI(args=args)
-            result = Result(
-                cli.subcommand, cli.model, cli.datamodule, cli.trainer, cli.summary, dict(cli.model.latest)
-            )
+            metrics = {**cli.model.latest, **cli.model.final_metrics}  # a fit: the saved model's, not the means
+            result = Result(cli.subcommand, cli.model, cli.datamodule, cli.trainer, cli.summary, metrics)
     except (LinRegError, MisconfigurationException, OSError) as exc:
         # MisconfigurationException: a Trainer setting Lightning rejects; its message says which.
         # OSError: only a file the machine would not let us write (a full disk, a read-only folder).

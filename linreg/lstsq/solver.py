@@ -269,9 +269,10 @@ class LeastSquares:
         """The exact lasso / elastic-net optimum on the support of ``coef`` (original units, k × d), if
         one is there: what proximal SGD approaches and, in float32 with a constant step, stalls short of.
 
-        Solved with the support's signs fixed, then checked against the optimality conditions; a feature
-        whose sign flips leaves the support and the solve is repeated. None when no support reached
-        from SGD's is optimal (SGD's weights stay). Returns the coefficients and intercepts."""
+        An active-set method started from SGD's support and signs: solve with them held; a feature whose
+        sign flips leaves the support, then the zero that most violates the optimality conditions joins
+        it with its gradient's sign, until none does (a few steps when SGD's support is nearly right).
+        None when that does not settle (SGD's weights stay). Returns the coefficients and intercepts."""
         if self.rows == 0 or self.l1 == 0:
             return None
         R, s_x, s_y, c_x, c_y = self._numpy()
@@ -282,15 +283,21 @@ class LeastSquares:
         nk = self.rows * self.k
         start = np.asarray(torch.as_tensor(coef).detach().cpu(), dtype=np.float64).reshape(self.k, d) * sx / sy[:, None]
         w = np.zeros((d, self.k))
+        l1, l2 = nk * self.l1 / 2, nk * self.l2
         for j in range(self.k):
-            support = start[j].copy()
-            for _ in range(d + 1):
-                exact = solve_on_support(G, b[:, j], support, nk * self.l1 / 2, nk * self.l2)
-                flipped = (support != 0) & (np.sign(exact) != np.sign(support))
-                if not flipped.any():
+            signs = np.sign(start[j])
+            for _ in range(4 * d + 4):
+                exact = solve_on_support(G, b[:, j], signs, l1, l2)
+                flipped = (signs != 0) & (np.sign(exact) != signs)
+                if flipped.any():
+                    signs[flipped] = 0.0
+                    continue
+                slack = np.where(signs == 0, b[:, j] - G @ exact, 0.0)
+                worst = int(np.argmax(np.abs(slack)))
+                if abs(slack[worst]) <= l1 * (1 + 1e-9) + 1e-12 * np.abs(b[:, j]).max():
                     break
-                support[flipped] = 0.0
-            optimal = exact_on_support(G, b[:, j], support, nk * self.l1 / 2, nk * self.l2)
+                signs[worst] = np.sign(slack[worst])
+            optimal = exact_on_support(G, b[:, j], signs, l1, l2)
             if optimal is None:
                 return None
             w[:, j] = optimal
