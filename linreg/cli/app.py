@@ -11,7 +11,9 @@ What LightningCLI does not do for us, and this file adds:
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,8 +23,14 @@ from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAA
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from linreg.cli.checkpoints import open_checkpoint, take_checkpoint_settings
-from linreg.cli.run_folder import drop_run_folder, new_run_folder
+from linreg.cli.checkpoints import (
+    check_resumable,
+    check_resumed_data,
+    last_checkpoint_globs,
+    open_checkpoint,
+    take_checkpoint_settings,
+)
+from linreg.cli.run_folder import drop_run_folder, new_run_folder, remove_stale_checkpoint_files
 from linreg.cli.summary import print_fit_summary, print_metrics
 from linreg.data.datamodule import LinRegData
 from linreg.errors import LinRegError
@@ -31,7 +39,7 @@ from linreg.training.checkpoint_io import AtomicCheckpointIO
 from linreg.training.checkpointing import CheckpointPolicy
 from linreg.training.figures import FitFigures
 from linreg.training.module import LinRegModule
-from linreg.training.prediction_writer import PredictionWriter
+from linreg.training.prediction_writer import PredictionStopped, PredictionWriter
 
 LINKED = ("in_features", "out_features", "feature_names", "target_names", "standardize", "standardize_target")
 
@@ -113,7 +121,11 @@ class LinRegCLI(LightningCLI):
             )
         if not cfg.get("ckpt_path"):
             return
-        path, ckpt = open_checkpoint(cfg.ckpt_path)
+        path, ckpt = open_checkpoint(cfg.ckpt_path, last_checkpoint_globs(cfg.get("trainer")))
+        if sub == "fit":
+            check_resumable(path, ckpt)
+        if sub == "fit" and cfg.ckpt_path == "last":
+            check_resumed_data(path, ckpt, cfg.data.get("path"))
         cfg.ckpt_path = str(path)
         given = self._given[sub] if self._given is not None else None
         take_checkpoint_settings(cfg, given, ckpt)
@@ -148,6 +160,9 @@ class LinRegCLI(LightningCLI):
                     f"--trainer.{flag} is not supported: linreg runs its SGD updates itself "
                     "(several per Lightning step); use a larger --data.batch_size instead"
                 )
+        given = self._given[self.subcommand] if self._given is not None else None
+        if self.subcommand in ("validate", "test") and (given is None or given.get("trainer.logger") is None):
+            cfg.trainer.logger = checkpoint_run_logger(cfg.trainer.logger, cfg.ckpt_path, self.subcommand)
         if self.subcommand == "predict":
             cfg.trainer.logger = False  # a predict run writes its file, not a log folder
             cfg.return_predictions = False  # the writer streams them to the file; holding them costs memory
@@ -220,8 +235,24 @@ class LinRegCLI(LightningCLI):
         if not self.config["predict"].get("output"):
             print("linreg: no --output given; predictions were computed but not written")
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, ImportError) as exc:
+            missing = missing_package(exc)
+            if missing is None:
+                raise
+            trainer = self.config[self.subcommand].trainer
+            for flag in ("logger", "callbacks"):
+                given = [c for c in _as_list(trainer.get(flag) or []) if isinstance(c, Namespace)]
+                if any(c.get("class_path") and missing.startswith(c.class_path + " ") for c in given):
+                    missing = f"--trainer.{flag} {missing}"
+            raise LinRegError(missing) from exc
+
     def _run_subcommand(self, subcommand: str) -> None:
         made = new_run_folder(self.trainer)
+        if subcommand == "fit":
+            remove_stale_checkpoint_files(self.trainer, self.config[subcommand].get("ckpt_path"))
         try:
             try:
                 super()._run_subcommand(subcommand)
@@ -234,6 +265,9 @@ class LinRegCLI(LightningCLI):
             drop_run_folder(self.trainer, made, refused)
             if isinstance(exc, SIGTERMException):
                 self._report_stop()
+            if isinstance(exc, PredictionStopped):
+                print(f"linreg: {exc}", file=sys.stderr)
+                raise SystemExit(exc.exit_code) from None
             raise
         drop_run_folder(self.trainer, made, refused=False)
 
@@ -261,8 +295,44 @@ class LinRegCLI(LightningCLI):
         print_metrics(self.model.latest, "test/")
 
 
-def _as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+def checkpoint_run_logger(logger: Any, ckpt_path: str, subcommand: str) -> Any:
+    """Where a plain validate or test logs: beside the training logs of the checkpoint's own run
+    (``<run>/validate``), when the checkpoint is in a run folder (``<run>/checkpoints/*.ckpt``) and the
+    logger is the default one; else nowhere. A new ``version_N`` holding metrics and no checkpoint
+    is a run nobody can find again."""
+    ckpt = Path(ckpt_path).absolute()
+    args = logger.get("init_args") if isinstance(logger, Namespace) else None
+    if ckpt.parent.name != "checkpoints" or args is None or "sub_dir" not in args:
+        return False
+    run = ckpt.parent.parent
+    args.save_dir, args.name, args.version, args.sub_dir = str(run.parent), "", run.name, subcommand
+    return logger
+
+
+def missing_package(exc: BaseException) -> str | None:
+    """A class the config names (a logger, a callback) that cannot be built for want of a package:
+    which class, which package, and how to get it; None for any other failure."""
+    chain, classes = [], []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        classes += re.findall(r"given class_path '([^']+)'", str(exc))
+        exc = exc.__cause__ or exc.__context__
+    missing = next((e for e in chain if isinstance(e, ImportError)), None)
+    if missing is None:
+        return None
+    text = str(missing)
+    found = re.search(r"Requirement '([A-Za-z0-9_.\-]+)", text)
+    package = found.group(1) if found else (missing.name or "").split(".")[0]
+    if not package:
+        return None
+    hint = re.search(r"`(pip install[^`]*)`", text)
+    install = hint.group(1) if hint else f"pip install {package}"
+    what = classes[-1] if classes else "a class in the config"
+    return f"{what} cannot be built: it needs the package {package}, which is not installed here; {install}"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
 
 
 def check_accelerator(accelerator: Any) -> None:
