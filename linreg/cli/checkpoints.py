@@ -64,7 +64,7 @@ def load_checkpoint(path: str | Path, consistent: bool = True) -> dict[str, Any]
     if not missing and "in_features" not in ckpt["hyper_parameters"]:
         missing = ["in_features in its hyper_parameters (the model's size)"]
     if missing:
-        raise LinRegError(f"--ckpt_path {p}: not a usable linreg checkpoint: no {' and no '.join(missing)}")
+        raise LinRegError(f"--ckpt_path {p}: not a linreg checkpoint: no {' and no '.join(missing)}")
     _check_known_values(p, ckpt)
     if consistent:
         _check_consistent(p, ckpt)

@@ -177,7 +177,7 @@ def test_checkpoint_from_an_older_lightning(cli, workdir, trained, capsys) -> No
     del ckpt["hyper_parameters"]
     torch.save(ckpt, workdir / "bare.ckpt")
     assert cli("predict", "--ckpt_path", "bare.ckpt", "--data.path", "t.csv") == 1
-    assert "bare.ckpt: not a usable linreg checkpoint: no hyper_parameters (the model's settings)" in error_line(capsys)
+    assert "bare.ckpt: not a linreg checkpoint: no hyper_parameters (the model's settings)" in error_line(capsys)
 
 
 # -- row 13: --ckpt_path a folder -----------------------------------------------------------------------
