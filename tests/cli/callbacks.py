@@ -9,20 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 
 
-class Barrier(L.Callback):
-    """Hold each of ``parties`` processes at ``setup`` until all have reached it: every run has picked
-    its log folder by then, and none has written into it yet (the worst moment of a race)."""
+class BarrierLogger(TensorBoardLogger):
+    """linreg's default logger, holding each of ``parties`` processes at the creation of its event
+    file until all have come that far: every run has picked its version folder by then, and none has
+    written into it yet (the worst moment of a race between runs started together)."""
 
-    def __init__(self, folder: str, parties: int = 2) -> None:
+    def __init__(self, save_dir: str, folder: str, parties: int = 2, **kwargs: Any) -> None:
+        super().__init__(save_dir, **kwargs)
         self.folder, self.parties = Path(folder), parties
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        (self.folder / f"{os.getpid()}.ready").touch()
-        deadline = time.monotonic() + 120
-        while len(list(self.folder.glob("*.ready"))) < self.parties and time.monotonic() < deadline:
-            time.sleep(0.05)
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            (self.folder / f"{os.getpid()}.ready").touch()
+            deadline = time.monotonic() + 120
+            while len(list(self.folder.glob("*.ready"))) < self.parties and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return super().experiment
 
 
 class SignalAtPredictBatch(L.Callback):

@@ -54,7 +54,8 @@ def test_two_fits_started_together_get_their_own_run_folders(workdir, table) -> 
     to it): each gets its own version_N, both finish, both checkpoints load."""
     (workdir / "barrier").mkdir()
     command = [*LINREG, "fit", "--data.path", "t.csv", "--trainer.max_epochs", "2"]
-    command += ["--trainer.callbacks+=tests.cli.callbacks.Barrier", "--trainer.callbacks.folder", "barrier"]
+    command += ["--trainer.logger", "tests.cli.callbacks.BarrierLogger", "--trainer.logger.save_dir", "."]
+    command += ["--trainer.logger.folder", "barrier"]
     procs = [
         subprocess.Popen(command, cwd=workdir, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
