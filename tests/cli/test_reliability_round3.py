@@ -113,7 +113,7 @@ def test_output_symlink_loop_or_dangling_link_is_refused(cli, workdir, trained, 
 
 def test_checkpoint_records_linreg_version_and_unknown_values_are_named(cli, workdir, trained, capsys) -> None:
     ckpt = torch.load(trained, weights_only=True)
-    assert ckpt["linreg_version"] == linreg.__version__
+    written_by = ckpt.get("linreg_version")
     ckpt["hyper_parameters"]["solver"] = "qr"
     ckpt["linreg_version"] = "9.0"
     torch.save(ckpt, workdir / "newer.ckpt")
@@ -122,6 +122,11 @@ def test_checkpoint_records_linreg_version_and_unknown_values_are_named(cli, wor
     assert "its hyperparameter solver is 'qr'" in line and f"this linreg ({linreg.__version__})" in line
     assert "it accepts 'sgd', 'lstsq'" in line and "written by linreg 9.0" in line
     assert not (workdir / "p.csv").exists()
+    del ckpt["linreg_version"]  # as every checkpoint written before linreg recorded its version
+    torch.save(ckpt, workdir / "unknown.ckpt")
+    assert cli("validate", "--ckpt_path", "unknown.ckpt", "--data.path", "t.csv") == 1
+    assert "written by a linreg that did not record its version" in error_line(capsys)
+    assert written_by == linreg.__version__  # checkpoints record it now
 
 
 # -- row 10: Ctrl-C (or SIGTERM) during export -------------------------------------------------------
