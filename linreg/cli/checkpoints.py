@@ -65,7 +65,6 @@ def load_checkpoint(path: str | Path, consistent: bool = True) -> dict[str, Any]
         missing = ["in_features in its hyper_parameters (the model's size)"]
     if missing:
         raise LinRegError(f"--ckpt_path {p}: not a linreg checkpoint: no {' and no '.join(missing)}")
-    _check_known_values(p, ckpt)
     if consistent:
         _check_consistent(p, ckpt)
     return ckpt
@@ -122,6 +121,7 @@ def _check_consistent(path: Path, ckpt: dict[str, Any]) -> None:
     was edited or damaged, and would fail later as a size mismatch (a traceback) or predict NaN."""
     from linreg.training.module import LinRegModule
 
+    _check_known_values(path, ckpt)
     hp, state = ckpt["hyper_parameters"], ckpt["state_dict"]
     try:
         known = inspect.signature(LinRegModule).parameters  # LightningCLI adds its own keys (_instantiator)

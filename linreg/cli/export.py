@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,7 +65,8 @@ def export_main(args: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output")
     cfg = parser.parse_args(args)
     existed = Path(cfg.output).exists()
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         export(cfg.ckpt_path, cfg.output, cfg.overwrite)
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -74,7 +76,8 @@ def export_main(args: list[str] | None = None) -> None:
         print(f"linreg: export stopped by {by}; {cfg.output} {left}", file=sys.stderr)
         raise SystemExit(code) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class _Terminated(BaseException):

@@ -10,6 +10,7 @@ from typing import Any
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from linreg.errors import LinRegError
 from linreg.io import remove_stale
 
 
@@ -39,6 +40,8 @@ def new_run_folder(trainer: Any) -> list[Path]:
             folder.mkdir()
             return made
         except FileExistsError:  # another run took it between the listing and now
+            if not folder.is_dir():  # a file of that name: the logger's listing would pick it again
+                raise LinRegError(f"{folder} is a file, where the run's log folder would go; move it") from None
             logger._version = None
             folder = Path(logger.log_dir).absolute()
 

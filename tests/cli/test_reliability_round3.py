@@ -127,6 +127,12 @@ def test_checkpoint_records_linreg_version_and_unknown_values_are_named(cli, wor
     assert cli("validate", "--ckpt_path", "unknown.ckpt", "--data.path", "t.csv") == 1
     assert "written by a linreg that did not record its version" in error_line(capsys)
     assert written_by == linreg.__version__  # checkpoints record it now
+    # As the newest of `last`: refused too, not passed over for an older run's model.
+    newest = workdir / "lightning_logs" / "version_7" / "checkpoints" / "last.ckpt"
+    newest.parent.mkdir(parents=True)
+    shutil.copy(workdir / "newer.ckpt", newest)
+    assert cli("predict", "--ckpt_path", "last", "--data.path", "t.csv") == 1
+    assert "version_7/checkpoints/last.ckpt: its hyperparameter solver is 'qr'" in error_line(capsys)
 
 
 # -- row 10: Ctrl-C (or SIGTERM) during export -------------------------------------------------------
