@@ -11,9 +11,7 @@ What LightningCLI does not do for us, and this file adds:
 
 from __future__ import annotations
 
-import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +28,13 @@ from linreg.cli.checkpoints import (
     open_checkpoint,
     take_checkpoint_settings,
 )
-from linreg.cli.run_folder import drop_run_folder, new_run_folder, remove_stale_checkpoint_files
+from linreg.cli.packages import missing_package
+from linreg.cli.run_folder import (
+    checkpoint_run_logger,
+    drop_run_folder,
+    new_run_folder,
+    remove_stale_checkpoint_files,
+)
 from linreg.cli.summary import print_fit_summary, print_metrics
 from linreg.data.datamodule import LinRegData
 from linreg.errors import LinRegError
@@ -293,42 +297,6 @@ class LinRegCLI(LightningCLI):
 
     def after_test(self) -> None:
         print_metrics(self.model.latest, "test/")
-
-
-def checkpoint_run_logger(logger: Any, ckpt_path: str, subcommand: str) -> Any:
-    """Where a plain validate or test logs: beside the training logs of the checkpoint's own run
-    (``<run>/validate``), when the checkpoint is in a run folder (``<run>/checkpoints/*.ckpt``) and the
-    logger is the default one; else nowhere. A new ``version_N`` holding metrics and no checkpoint
-    is a run nobody can find again."""
-    ckpt = Path(ckpt_path).absolute()
-    args = logger.get("init_args") if isinstance(logger, Namespace) else None
-    if ckpt.parent.name != "checkpoints" or args is None or "sub_dir" not in args:
-        return False
-    run = ckpt.parent.parent
-    args.save_dir, args.name, args.version, args.sub_dir = str(run.parent), "", run.name, subcommand
-    return logger
-
-
-def missing_package(exc: BaseException) -> str | None:
-    """A class the config names (a logger, a callback) that cannot be built for want of a package:
-    which class, which package, and how to get it; None for any other failure."""
-    chain, classes = [], []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        classes += re.findall(r"given class_path '([^']+)'", str(exc))
-        exc = exc.__cause__ or exc.__context__
-    missing = next((e for e in chain if isinstance(e, ImportError)), None)
-    if missing is None:
-        return None
-    text = str(missing)
-    found = re.search(r"Requirement '([A-Za-z0-9_.\-]+)", text)
-    package = found.group(1) if found else (missing.name or "").split(".")[0]
-    if not package:
-        return None
-    hint = re.search(r"`(pip install[^`]*)`", text)
-    install = hint.group(1) if hint else f"pip install {package}"
-    what = classes[-1] if classes else "a class in the config"
-    return f"{what} cannot be built: it needs the package {package}, which is not installed here; {install}"
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from linreg.errors import LinRegError
@@ -82,3 +83,17 @@ def remove_stale_checkpoint_files(trainer: Any, ckpt_path: str | None) -> None:
     for folder in folders:
         if folder.is_dir() and os.access(folder, os.W_OK):
             remove_stale(folder)
+
+
+def checkpoint_run_logger(logger: Any, ckpt_path: str, subcommand: str) -> Any:
+    """Where a plain validate or test logs: beside the training logs of the checkpoint's own run
+    (``<run>/validate``), when the checkpoint is in a run folder (``<run>/checkpoints/*.ckpt``) and the
+    logger is the default one; else nowhere. A new ``version_N`` holding metrics and no checkpoint
+    is a run nobody can find again."""
+    ckpt = Path(ckpt_path).absolute()
+    args = logger.get("init_args") if isinstance(logger, Namespace) else None
+    if ckpt.parent.name != "checkpoints" or args is None or "sub_dir" not in args:
+        return False
+    run = ckpt.parent.parent
+    args.save_dir, args.name, args.version, args.sub_dir = str(run.parent), "", run.name, subcommand
+    return logger
