@@ -243,14 +243,9 @@ class LinRegCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, ImportError) as exc:
-            missing = missing_package(exc)
+            missing = missing_package(exc, self.config[self.subcommand].trainer)
             if missing is None:
                 raise
-            trainer = self.config[self.subcommand].trainer
-            for flag in ("logger", "callbacks"):
-                given = [c for c in _as_list(trainer.get(flag) or []) if isinstance(c, Namespace)]
-                if any(c.get("class_path") and missing.startswith(c.class_path + " ") for c in given):
-                    missing = f"--trainer.{flag} {missing}"
             raise LinRegError(missing) from exc
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -299,8 +294,8 @@ class LinRegCLI(LightningCLI):
         print_metrics(self.model.latest, "test/")
 
 
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
 
 def check_accelerator(accelerator: Any) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from jsonargparse import Namespace
 
 
-def missing_package(exc: BaseException) -> str | None:
+def missing_package(exc: BaseException, trainer: Any) -> str | None:
     """A class the config names (a logger, a callback) that cannot be built for want of a package:
-    which class, which package, and how to get it; None for any other failure."""
+    which flag and class, which package, and how to get it; None for any other failure."""
     chain, classes = [], []
     while exc is not None and exc not in chain:
         chain.append(exc)
@@ -24,4 +27,9 @@ def missing_package(exc: BaseException) -> str | None:
     hint = re.search(r"`(pip install[^`]*)`", text)
     install = hint.group(1) if hint else f"pip install {package}"
     what = classes[-1] if classes else "a class in the config"
+    for flag in ("logger", "callbacks"):
+        given = trainer.get(flag) if trainer is not None else None
+        given = given if isinstance(given, list) else [given]
+        if any(isinstance(c, Namespace) and c.get("class_path") == what for c in given):
+            what = f"--trainer.{flag} {what}"
     return f"{what} cannot be built: it needs the package {package}, which is not installed here; {install}"
