@@ -13,6 +13,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from linreg.errors import LinRegError
 from linreg.io import remove_stale
+from linreg.lightning_private import pick_version_again, picks_its_version
 
 
 def new_run_folder(trainer: Any) -> list[Path]:
@@ -25,7 +26,7 @@ def new_run_folder(trainer: Any) -> list[Path]:
     only one process can win: two fits started together in one folder both saw ``version_0`` free,
     wrote into it, and both were lost. The loser takes the next number."""
     logger = trainer.logger
-    auto = getattr(logger, "_version", "given") is None  # before log_dir, which fixes the version
+    auto = picks_its_version(logger)  # before log_dir, which fixes the version
     log_dir = getattr(logger, "log_dir", None)
     if not log_dir or "://" in str(log_dir):
         return []
@@ -43,7 +44,7 @@ def new_run_folder(trainer: Any) -> list[Path]:
         except FileExistsError:  # another run took it between the listing and now
             if not folder.is_dir():  # a file of that name: the logger's listing would pick it again
                 raise LinRegError(f"{folder} is a file, where the run's log folder would go; move it") from None
-            logger._version = None
+            pick_version_again(logger)
             folder = Path(logger.log_dir).absolute()
 
 

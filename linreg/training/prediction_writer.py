@@ -54,7 +54,7 @@ class PredictionWriter(BasePredictionWriter):
         self._part: _TableFile | None = None
         self._id_type: Any = None
         self._stopped_by: str | None = None
-        self._trainer: L.Trainer | None = None
+        self._running: L.Trainer | None = None
         self._previous: dict[int, Any] = {}
 
     def _part_path(self, rank: int) -> Path:
@@ -69,7 +69,7 @@ class PredictionWriter(BasePredictionWriter):
         else:
             self._out = _TableFile(self.output, self.output.suffix.lower())
         self._next, self._rows, self._existed = 0, 0, self.output.exists()
-        self._stopped_by, self._trainer = None, trainer
+        self._stopped_by, self._running = None, trainer
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -78,7 +78,7 @@ class PredictionWriter(BasePredictionWriter):
         if self._stopped_by is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self._stopped_by = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+        launcher = self._running.strategy.launcher if self._running is not None else None
         if launcher is not None and hasattr(launcher, "kill"):
             launcher.kill(signum)  # the DDP processes Lightning started, if any
 
@@ -209,7 +209,7 @@ class PredictionWriter(BasePredictionWriter):
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_signals()
-        self._trainer = None
+        self._running = None
 
 
 def _expected_rows(trainer: L.Trainer) -> int:
