@@ -2,6 +2,7 @@
 
 The folders are the layers; imports run downward only::
 
+    estimator/  ``LinearRegressor`` (scikit-learn's interface over the Lightning fit) and ``load``
     cli/        the ``linreg`` command: LightningCLI wiring, --ckpt_path, the fit summary, export
     training/   the LightningModule, its metrics and callbacks (closed form, checkpoints, predictions, figures)
     data/       tables read whole or streamed, batches, the LightningDataModule
@@ -20,4 +21,14 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["LinRegError", "LinearRegression", "__version__"]
+__all__ = ["LinRegError", "LinearRegression", "LinearRegressor", "__version__", "load"]
+
+
+def __getattr__(name: str) -> object:
+    """``LinearRegressor`` and ``load`` on first use: ``import linreg`` (and every CLI start) need not
+    pay for scikit-learn and Lightning."""
+    if name in ("LinearRegressor", "load"):
+        import linreg.estimator
+
+        return getattr(linreg.estimator, name)
+    raise AttributeError(f"module 'linreg' has no attribute {name!r}")

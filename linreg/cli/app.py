@@ -46,6 +46,33 @@ from linreg.training.module import LinRegModule
 from linreg.training.prediction_writer import PredictionStopped, PredictionWriter
 
 LINKED = ("in_features", "out_features", "feature_names", "target_names", "standardize", "standardize_target")
+ABOUT = (
+    "linreg: linear regression on your own tables (CSV, Parquet, NPZ, NPY) as a PyTorch Lightning pipeline: "
+    "SGD or the exact least-squares solution, checked against each other, with checkpoints, TensorBoard logs, "
+    "DDP and out-of-core streaming."
+)
+# One line each: `linreg --help` (``top_help``) and the top of each subcommand's own --help.
+SUBCOMMANDS = {
+    "fit": "train a model on a table; prints the fit summary and saves last.ckpt",
+    "validate": "a checkpoint's metrics on the validation rows (--ckpt_path)",
+    "test": "a checkpoint's metrics on the test rows (--ckpt_path)",
+    "predict": "a checkpoint's predictions for a table, written to --output (.csv or .parquet)",
+    "export": "a checkpoint as a standalone ONNX (.onnx) or torch.export (.pt2) program",
+}
+
+
+def top_help() -> str:
+    """`linreg --help`: what linreg is and every subcommand in one line. linreg's own text, as LightningCLI's
+    would list the Trainer methods' docstrings ("Runs the full optimization routine.") and omit export."""
+    lines = ["usage: linreg {fit,validate,test,predict,export} [--config CONFIG] [flags]", "", ABOUT, ""]
+    lines += ["subcommands:"]
+    lines += [f"  {name:<10} {line}" for name, line in SUBCOMMANDS.items()]
+    lines += [
+        "",
+        "`linreg SUBCOMMAND --help` lists a subcommand's flags (linreg's --data.* and --model.* first);",
+        "`linreg --version` prints the versions of linreg, torch and lightning.",
+    ]
+    return "\n".join(lines)
 
 
 class _SaveFitConfig(SaveConfigCallback):
@@ -64,11 +91,13 @@ class LinRegCLI(LightningCLI):
         argv = sys.argv[1:] if args is None else args
         first = argv[0] if isinstance(argv, list) and argv else None
         self._wanted = first if first in LightningCLI.subcommands() else None
+        about = {k: {"description": SUBCOMMANDS[k]} for k in LightningCLI.subcommands() if self._wanted in (None, k)}
         super().__init__(
             LinRegModule,
             LinRegData,
             args=args,
             run=run,
+            parser_kwargs={"prog": "linreg", "description": ABOUT, **about},
             auto_configure_optimizers=False,  # SGD lives in configure_optimizers; no --optimizer override
             save_config_callback=_SaveFitConfig,
             seed_everything_default=0,  # reproducible unless asked otherwise
@@ -89,11 +118,19 @@ class LinRegCLI(LightningCLI):
         every = LightningCLI.subcommands()
         return {self._wanted: every[self._wanted]} if self._wanted else every
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """linreg's own groups (data, model, checkpoint, figures) before the Trainer's, so `fit --help`
+        shows them first."""
+        parser.add_lightning_class_args(LinRegData, "data")
+        parser.add_lightning_class_args(LinRegModule, "model")
+        parser.add_lightning_class_args(CheckpointPolicy, "checkpoint")
+        parser.add_lightning_class_args(FitFigures, "figures")
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in LINKED:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
-        parser.add_lightning_class_args(CheckpointPolicy, "checkpoint")
-        parser.add_lightning_class_args(FitFigures, "figures")
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -108,7 +145,11 @@ class LinRegCLI(LightningCLI):
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Also keep what was given (flags and config files, no defaults), to tell a flag from a default."""
+        """Also keep what was given (flags and config files, no defaults), to tell a flag from a default.
+        One feature name is a one-element list (``--data.features sqft``)."""
+        argv = sys.argv[1:] if args is None else args
+        if _one_name_lists(argv) != argv:
+            args = _one_name_lists(argv)
         super().parse_arguments(parser, args)
         self._given = parser.parse_args(args, defaults=False) if not isinstance(args, (dict, Namespace)) else None
 
@@ -283,15 +324,38 @@ class LinRegCLI(LightningCLI):
             print(f"{where}; {then}", file=sys.stderr)
         raise SystemExit(130 if by == "Ctrl-C" else 143) from None
 
+    summary: dict[str, Any] | None = None  # what the fit summary printed (summary.json), for main()'s caller
+
     def after_fit(self) -> None:
         if self.trainer.is_global_zero and not self.trainer.interrupted:
-            print_fit_summary(self.model, self.trainer)
+            self.summary = print_fit_summary(self.model, self.trainer)
 
     def after_validate(self) -> None:
         print_metrics(self.model.latest, "val/")
 
     def after_test(self) -> None:
         print_metrics(self.model.latest, "test/")
+
+
+LIST_FLAGS = ("--data.features",)
+
+
+def _one_name_lists(args: Any) -> Any:
+    """``--data.features sqft``: one name is a one-element list (jsonargparse wants ``[sqft]``)."""
+    if not isinstance(args, list):
+        return args
+    out = list(args)
+    for i, arg in enumerate(out):
+        flag, eq, value = arg.partition("=")
+        if flag not in LIST_FLAGS:
+            continue
+        if not eq and i + 1 < len(out):
+            i, value = i + 1, out[i + 1]
+        elif not eq:
+            continue
+        if value and not value.lstrip().startswith("[") and value not in ("null", "None"):
+            out[i] = f"{flag}=[{value}]" if eq else f"[{value}]"
+    return out
 
 
 def _as_list(value: str | list[str]) -> list[str]:

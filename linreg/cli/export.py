@@ -54,7 +54,7 @@ class Predictor(nn.Module):
         return out * self.y_scale + self.y_mean if self.standardize else out
 
 
-def export_main(args: list[str] | None = None) -> None:
+def export_main(args: list[str] | None = None) -> Path:
     """Parse ``linreg export`` flags with jsonargparse, as LightningCLI parses the other subcommands."""
     parser = ArgumentParser(
         prog="linreg export",
@@ -68,7 +68,7 @@ def export_main(args: list[str] | None = None) -> None:
     main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        export(cfg.ckpt_path, cfg.output, cfg.overwrite)
+        return export(cfg.ckpt_path, cfg.output, cfg.overwrite)
     except (KeyboardInterrupt, _Terminated) as exc:
         # atomic_write has removed its temporary file on the way out: the output is as it was.
         by, code = ("SIGTERM", 143) if isinstance(exc, _Terminated) else ("Ctrl-C", 130)

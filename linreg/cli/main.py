@@ -7,13 +7,18 @@ import os
 import sys
 import threading
 import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from linreg.cli.app import LinRegCLI
+from linreg.data.datamodule import LinRegData
 from linreg.errors import LinRegError
 from linreg.io import WRITE_ERRORS
+from linreg.training.module import LinRegModule
 
 NOISE = (
     r".*Total length of `list` across ranks is zero.*",  # no validation split: intended
@@ -23,6 +28,9 @@ NOISE = (
     r".*infer the batch indices.*",  # rows carry their own index (see PredictionWriter)
     r".*sync_dist=True.*",  # epoch values are already reduced over ranks (torchmetrics) before self.log
     r".*overridden `transfer_batch_to_device`.*",  # linreg's own, on the module: intended
+    r".*LightningCLI's args parameter is intended.*",  # argv rewritten by LinRegCLI (--data.features one name)
+    r".*`max_epochs` was not set.*",  # the cap of 1000 is Lightning's; linreg's stopping rule (--model.tol) ends a fit
+    r".*this fit will run with no optimizer.*",  # --model.solver lstsq has no SGD, by design
 )
 
 
@@ -46,18 +54,56 @@ def _thread_excepthook(args: Any) -> None:
     threading.__excepthook__(args)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``linreg`` command; tests call ``main([...])`` in process."""
+@dataclass
+class Result:
+    """What a run leaves a Python caller of ``main([...])``: the objects it ran, and what it reported."""
+
+    subcommand: str | None
+    model: LinRegModule | None = None  # the fitted (or restored) LightningModule
+    datamodule: LinRegData | None = None
+    trainer: L.Trainer | None = None
+    summary: dict[str, Any] | None = None  # fit: what the summary printed, as summary.json holds it
+    metrics: dict[str, float] = field(default_factory=dict)  # the last value of every logged metric
+    output: Path | None = None  # export: the file written
+
+
+def versions() -> str:
+    """`linreg --version`: the versions a bug report needs."""
+    import lightning
+    import torch
+
+    import linreg
+
+    py = ".".join(map(str, sys.version_info[:3]))
+    return f"linreg {linreg.__version__} (torch {torch.__version__}, lightning {lightning.__version__}, python {py})"
+
+
+def main(args: list[str] | None = None) -> Result | None:
+    """Entry point of the ``linreg`` command. Called from Python with a list of arguments, it returns
+    a ``Result`` (the fitted module, the summary, ...); as the console script (``args`` None) it returns
+    None, since the script hands the return value to ``sys.exit``."""
     quiet_lightning()
     threading.excepthook = _thread_excepthook  # for the process: the writer thread may report at exit
     argv = sys.argv[1:] if args is None else list(args)
+    result: Result | None = None
     try:
-        if argv[:1] == ["export"]:  # not a Trainer method, so not a LightningCLI subcommand
+        if argv[:1] == ["--version"]:
+            print(versions())
+            result = Result(None)
+        elif argv[:1] in (["-h"], ["--help"]):
+            from linreg.cli.app import top_help
+
+            print(top_help())
+            result = Result(None)
+        elif argv[:1] == ["export"]:  # not a Trainer method, so not a LightningCLI subcommand
             from linreg.cli.export import export_main
 
-            export_main(argv[1:])
+            result = Result("export", output=export_main(argv[1:]))
         else:
-            LinRegCLI(args=args)
+            cli = LinRegCLI(args=args)
+            result = Result(
+                cli.subcommand, cli.model, cli.datamodule, cli.trainer, cli.summary, dict(cli.model.latest)
+            )
     except (LinRegError, MisconfigurationException, OSError) as exc:
         # MisconfigurationException: a Trainer setting Lightning rejects; its message says which.
         # OSError: only a file the machine would not let us write (a full disk, a read-only folder).
@@ -68,4 +114,5 @@ def main(args: list[str] | None = None) -> None:
             message = f"{exc.filename}: {exc.strerror}" if exc.filename else f"{exc.strerror} (writing the run's files)"
         print(f"linreg: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
+    return result if args is not None else None
 

@@ -190,10 +190,10 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         if name in s["metrics"]:
             lines.append(f"  {name:<15} {s['metrics'][name]:.6g}")
     fitted = "sgd" if s["solver"] == "sgd" else "lstsq"
-    lines.append(
-        f"  {'target':<10} {'term':<16} {fitted:>14} {'closed form':>14} {'std err':>11} {'t':>9} {'p>|t|':>9}"
-        f"  {'95% interval':>25}"
-    )
+    header = f"  {'target':<10} {'term':<16} {fitted:>14} {'closed form':>14}"
+    if any(d["inference"] for d in s["targets"].values()):  # a column only when it has values
+        header += f" {'std err':>11} {'t':>9} {'p>|t|':>9}  {'95% interval':>25}"
+    lines.append(header)
     nan = float("nan")
     for t, d in s["targets"].items():
         cf = d["closed_form"] or {"coef": {}, "intercept": None}

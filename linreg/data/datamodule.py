@@ -418,9 +418,12 @@ class LinRegData(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def exact_batches(self, batch_size: int = 65_536, split: str = "train") -> Batches | list:
+    def exact_batches(
+        self, batch_size: int = 65_536, split: str = "train", purpose: str = "least squares"
+    ) -> Batches | list:
         """This rank's share of a split's rows as the file holds them, in order: the solver's pass over the
-        training rows, and the final model's measurement (``LinRegModule.finish_training``)."""
+        training rows, and the final model's measurement (``LinRegModule.finish_training``); ``purpose``
+        names the pass in its progress line."""
         if split not in self._exact:
             return []
         x, y = self._exact[split]
@@ -430,7 +433,7 @@ class LinRegData(L.LightningDataModule):
         if isinstance(x, StreamRows):  # a pass of its own, reported: a fresh reader, so training's are not
             x = StreamRows(x.source, x.names, x.dtype)
         batches = Batches(x, y, batch_size, "none", 0, rank, world)
-        self._report(batches, f"least squares over {x.shape[1]} column(s) of {self.path}")
+        self._report(batches, f"{purpose} over {x.shape[1]} column(s) of {self.path}")
         return batches
 
     def _report(self, batches: Batches, what: str) -> None:

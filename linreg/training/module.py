@@ -104,10 +104,12 @@ class LinRegModule(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False  # several updates per Lightning step: see training_step
         self.model = LinearRegression(in_features, out_features, bias=fit_intercept)
-        self.register_buffer("x_mean", torch.zeros(in_features))
-        self.register_buffer("x_scale", torch.ones(in_features))
-        # In float64 whatever the model's dtype: a target of 1e9 + 0.02·signal keeps its signal only if
-        # the mean is taken off and put back in float64 (see _target, _unscale).
+        # The standardization in float64 whatever the model's dtype: the exact solver's penalties are
+        # defined in these coordinates (float32 statistics cost ridge 2.5e-8 against scikit-learn on
+        # Longley), and a target of 1e9 + 0.02·signal keeps its signal only if the mean is taken off and
+        # put back in float64 (see _target, _unscale). Features use them cast to the batch's dtype.
+        self.register_buffer("x_mean", torch.zeros(in_features, dtype=torch.float64))
+        self.register_buffer("x_scale", torch.ones(in_features, dtype=torch.float64))
         self.register_buffer("y_mean", torch.zeros(out_features, dtype=torch.float64))
         self.register_buffer("y_scale", torch.ones(out_features, dtype=torch.float64))
         # The training target's mean: the metrics' R² sums targets shifted by it (see RegressionSums).
@@ -133,7 +135,7 @@ class LinRegModule(L.LightningModule):
     def _scaled(self, x: Tensor) -> Tensor:
         """The linear layer's output, in standardized target units when targets are standardized."""
         if self.hparams.standardize:
-            x = (x - self.x_mean) / self.x_scale
+            x = (x - self.x_mean.to(x.dtype)) / self.x_scale.to(x.dtype)
         return self.model(x)
 
     def _target(self, y: Tensor, dtype: torch.dtype) -> Tensor:
@@ -469,7 +471,7 @@ class LinRegModule(L.LightningModule):
         names = self.hparams.target_names or default_names("y", self.hparams.out_features)
         values: dict[str, Any] = {}
         for split in ("train", "val"):
-            batches = data.exact_batches(split=split)
+            batches = data.exact_batches(split=split, purpose=f"the saved model's {split} metrics")
             if not batches:
                 continue
             sums = RegressionSums(self.hparams.out_features).to(self.device)

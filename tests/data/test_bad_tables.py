@@ -206,6 +206,7 @@ def test_streamed_passes_report_one_line_each_outside_a_terminal(cli, workdir, c
         "statistics of 1 column(s) of parts",
         "statistics of 2 column(s) of parts",
         "least squares over 2 column(s) of parts",
+        "the saved model's train metrics over 2 column(s) of parts",
     ]
     assert "linreg: checking 2 column(s) of parts: 600 of 600 rows in " in err and "\r" not in err
     assert cli("predict", "--ckpt_path", "last", "--data.path", "parts", "--output", "p.csv") == 0

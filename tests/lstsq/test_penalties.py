@@ -67,7 +67,7 @@ def test_lstsq_penalized_equals_scikit_learn(index, cli, workdir, diabetes) -> N
     s = fit(cli, workdir, diabetes, "--model.solver", "lstsq", "--trainer.precision", "64-true", *flags)
     got = standardized_coef(s, diabetes, "closed_form", scale)
     fitted = standardized_coef(s, diabetes, "fitted", scale)
-    tol = 1e-6 if name.startswith("ridge") else 1e-5
+    tol = 1e-8
     print(f"{name}: max rel diff {np.max(np.abs(got - expected)) / np.max(np.abs(expected)):.2e}")
     assert got == pytest.approx(expected, rel=tol, abs=tol * np.abs(expected).max())
     assert fitted == pytest.approx(got, rel=1e-9, abs=1e-9 * np.abs(got).max())
@@ -106,3 +106,32 @@ def test_penalized_lightning_fit_equals_the_manual_loop(cli, workdir) -> None:
 def test_bad_penalties_are_one_line(cli, workdir, capsys) -> None:
     assert cli("fit", "--config", SEED, "--model.l1", "-1") == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == "linreg: error: --model.l1 must be at least 0, got -1.0"
+
+
+def _statsmodels_table(name: str) -> pd.DataFrame:
+    datasets = pytest.importorskip("statsmodels.api").datasets
+    if name == "longley":
+        return datasets.longley.load_pandas().data.rename(columns={"TOTEMP": "y"})
+    data = datasets.macrodata.load_pandas().data  # quarterly US series that move together
+    return data[["realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1", "pop"]].rename(
+        columns={"realgdp": "y"}
+    )
+
+
+@pytest.mark.parametrize("table", ["longley", "macrodata"])
+@pytest.mark.parametrize("alpha", [1e-3, 1.0])
+def test_ridge_on_ill_conditioned_real_tables_to_1e_8(table, alpha, cli, workdir) -> None:
+    """Collinear economic series (Longley; US quarterly macro data): ridge by the exact
+    solver equals scikit-learn's Ridge and an independent float64 solve (the augmented least squares of
+    [Z; √alpha·I]) to 1e-8 relative, at the default precision too."""
+    frame = _statsmodels_table(table)
+    z, y, scale = standardized(frame)
+    zc = z - z.mean(axis=0)
+    augmented = np.vstack([zc, np.sqrt(alpha) * np.eye(z.shape[1])])
+    truth = np.linalg.lstsq(augmented, np.concatenate([y - y.mean(), np.zeros(z.shape[1])]), rcond=None)[0]
+    expected = sklearn_linear.Ridge(alpha=alpha).fit(z, y).coef_
+    assert expected == pytest.approx(truth, rel=1e-8)  # scikit-learn is itself accurate here
+    s = fit(cli, workdir, frame, "--model.solver", "lstsq", "--model.l2", str(alpha / len(y)))
+    got = standardized_coef(s, frame, "closed_form", scale)
+    print(f"{table} ridge {alpha}: max rel diff {np.max(np.abs(got - truth) / np.abs(truth)):.2e}")
+    assert got == pytest.approx(truth, rel=1e-8) and got == pytest.approx(expected, rel=1e-8)
