@@ -21,6 +21,11 @@ from typing import Any
 
 from linreg.errors import LinRegError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a stale temporary file is then left alone
+    fcntl = None  # type: ignore[assignment]
+
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 # Failures to write that are the machine's state, not a bug: one line, not a traceback.
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
@@ -31,6 +36,7 @@ def check_output(
 ) -> Path:
     """Refuse an output we could not or should not write, before any work is done."""
     p = Path(path)
+    _check_link(p)
     if p.is_dir():
         raise LinRegError(f"--output {p} is a folder; give a file name")
     if p.suffix.lower() not in suffixes:
@@ -45,6 +51,24 @@ def check_output(
         raise LinRegError(f"--output {p}: folder {p.parent} does not exist")
     check_writable(p.parent, f"--output {p}")
     return p
+
+
+def _check_link(p: Path) -> None:
+    """An output that is a symbolic link must lead somewhere: a loop or a dangling link is refused
+    (writing would replace the link by a file, and ``resolve`` raises on a loop)."""
+    if not p.is_symlink():
+        return
+    try:
+        p.resolve(strict=True)
+    except RuntimeError as exc:  # Python < 3.13 raises this on a loop
+        raise LinRegError(f"--output {p} is a symbolic link that loops ({exc}); give another name") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LinRegError(f"--output {p} is a symbolic link that loops; give another name") from exc
+        target = os.readlink(p)
+        raise LinRegError(
+            f"--output {p} is a symbolic link to {target}, which does not exist; remove the link or give another name"
+        ) from exc
 
 
 def _same_or_inside(output: Path, given: Path) -> bool:
@@ -80,13 +104,51 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], overwrite: bool
         raise LinRegError(f"{p} already exists; pass --overwrite true to replace it")
     tmp = temporary(p)
     try:
-        with writing(p):
+        with writing(p), _held(tmp):
             write(tmp)
             publish(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return p
+
+
+@contextlib.contextmanager
+def _held(tmp: Path) -> Iterator[None]:
+    """An advisory lock on a temporary file while it is written: ``remove_stale`` tells a file whose
+    writer died (``kill -9``: the kernel drops its lock) from one another process is still writing."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale(folder: str | Path, names: str = "*") -> list[Path]:
+    """Remove the temporary files ``atomic_write`` left in ``folder`` (for files matching the glob
+    ``names``) when its process was killed mid-write; one that a live process is writing (locked)
+    stays. Returns those removed."""
+    if fcntl is None:
+        return []
+    removed = []
+    for tmp in Path(folder).glob(f".{names}.*.tmp"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue  # gone already, or not ours to read
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass  # locked: being written right now
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ USED: list[tuple[str, str]] = [
     ("ModelCheckpoint", "_last_global_step_saved"),
     ("ModelCheckpoint", "_should_skip_saving_checkpoint"),
     ("ModelCheckpoint", "_every_n_epochs"),
+    ("TensorBoardLogger", "_version"),
 ]
 
 
@@ -61,3 +62,15 @@ def due_every_n_epochs(callback: ModelCheckpoint, trainer: L.Trainer) -> bool:
     every: Any = callback._every_n_epochs
     due = bool(every) and (trainer.current_epoch + 1) % every == 0
     return due and not callback._should_skip_saving_checkpoint(trainer)
+
+
+def picks_its_version(logger: Any) -> bool:
+    """Whether a logger (TensorBoard's, CSV's) picks the next free ``version_N`` itself: no version was
+    given. Its ``version`` property would fix one as a side effect, so the unset value is read."""
+    return getattr(logger, "_version", "given") is None
+
+
+def pick_version_again(logger: Any) -> None:
+    """Forget the version a logger picked, so that its next ``version`` lists the run folders again: the
+    one it picked was taken by another run in between, and there is no public way to ask again."""
+    logger._version = None

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from linreg.lightning_private import OVERRIDDEN, USED
 
@@ -34,6 +35,7 @@ def test_used_private_attributes_exist(tmp_path: Path) -> None:
         "LightningModule": L.LightningModule(),
         "Trainer": L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False),
         "ModelCheckpoint": ModelCheckpoint(),
+        "TensorBoardLogger": TensorBoardLogger(tmp_path),
     }
     missing = [f"{owner}.{name}" for owner, name in USED if not hasattr(objects[owner], name)]
     assert not missing, f"private Lightning attributes gone: {missing}"

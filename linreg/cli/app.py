@@ -21,8 +21,20 @@ from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAA
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from linreg.cli.checkpoints import open_checkpoint, take_checkpoint_settings
-from linreg.cli.run_folder import drop_run_folder, new_run_folder
+from linreg.cli.checkpoints import (
+    check_resumable,
+    check_resumed_data,
+    last_checkpoint_globs,
+    open_checkpoint,
+    take_checkpoint_settings,
+)
+from linreg.cli.packages import missing_package
+from linreg.cli.run_folder import (
+    checkpoint_run_logger,
+    drop_run_folder,
+    new_run_folder,
+    remove_stale_checkpoint_files,
+)
 from linreg.cli.summary import print_fit_summary, print_metrics
 from linreg.data.datamodule import LinRegData
 from linreg.errors import LinRegError
@@ -31,7 +43,7 @@ from linreg.training.checkpoint_io import AtomicCheckpointIO
 from linreg.training.checkpointing import CheckpointPolicy
 from linreg.training.figures import FitFigures
 from linreg.training.module import LinRegModule
-from linreg.training.prediction_writer import PredictionWriter
+from linreg.training.prediction_writer import PredictionStopped, PredictionWriter
 
 LINKED = ("in_features", "out_features", "feature_names", "target_names", "standardize", "standardize_target")
 ABOUT = (
@@ -154,7 +166,11 @@ class LinRegCLI(LightningCLI):
             )
         if not cfg.get("ckpt_path"):
             return
-        path, ckpt = open_checkpoint(cfg.ckpt_path)
+        path, ckpt = open_checkpoint(cfg.ckpt_path, last_checkpoint_globs(cfg.get("trainer")))
+        if sub == "fit":
+            check_resumable(path, ckpt)
+        if sub == "fit" and cfg.ckpt_path == "last":
+            check_resumed_data(path, ckpt, cfg.data.get("path"))
         cfg.ckpt_path = str(path)
         given = self._given[sub] if self._given is not None else None
         take_checkpoint_settings(cfg, given, ckpt)
@@ -189,6 +205,9 @@ class LinRegCLI(LightningCLI):
                     f"--trainer.{flag} is not supported: linreg runs its SGD updates itself "
                     "(several per Lightning step); use a larger --data.batch_size instead"
                 )
+        given = self._given[self.subcommand] if self._given is not None else None
+        if self.subcommand in ("validate", "test") and (given is None or given.get("trainer.logger") is None):
+            cfg.trainer.logger = checkpoint_run_logger(cfg.trainer.logger, cfg.ckpt_path, self.subcommand)
         if self.subcommand == "predict":
             cfg.trainer.logger = False  # a predict run writes its file, not a log folder
             cfg.return_predictions = False  # the writer streams them to the file; holding them costs memory
@@ -261,8 +280,19 @@ class LinRegCLI(LightningCLI):
         if not self.config["predict"].get("output"):
             print("linreg: no --output given; predictions were computed but not written")
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, ImportError) as exc:
+            missing = missing_package(exc, self.config[self.subcommand].trainer)
+            if missing is None:
+                raise
+            raise LinRegError(missing) from exc
+
     def _run_subcommand(self, subcommand: str) -> None:
         made = new_run_folder(self.trainer)
+        if subcommand == "fit":
+            remove_stale_checkpoint_files(self.trainer, self.config[subcommand].get("ckpt_path"))
         try:
             try:
                 super()._run_subcommand(subcommand)
@@ -275,6 +305,9 @@ class LinRegCLI(LightningCLI):
             drop_run_folder(self.trainer, made, refused)
             if isinstance(exc, SIGTERMException):
                 self._report_stop()
+            if isinstance(exc, PredictionStopped):
+                print(f"linreg: {exc}", file=sys.stderr)
+                raise SystemExit(exc.exit_code) from None
             raise
         drop_run_folder(self.trainer, made, refused=False)
 

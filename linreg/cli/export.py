@@ -12,6 +12,9 @@ import importlib
 import io
 import json
 import logging
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,7 +67,28 @@ def export_main(args: list[str] | None = None) -> Path:
     parser.add_argument("--output", type=str, required=True, help="model.onnx or model.pt2 (the format)")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output")
     cfg = parser.parse_args(args)
-    return export(cfg.ckpt_path, cfg.output, cfg.overwrite)
+    existed = Path(cfg.output).exists()
+    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return export(cfg.ckpt_path, cfg.output, cfg.overwrite)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        # atomic_write has removed its temporary file on the way out: the output is as it was.
+        by, code = ("SIGTERM", 143) if isinstance(exc, _Terminated) else ("Ctrl-C", 130)
+        left = "left as it was" if existed else "not written"
+        print(f"linreg: export stopped by {by}; {cfg.output} {left}", file=sys.stderr)
+        raise SystemExit(code) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM during an export, raised as Ctrl-C is, so that the temporary file is removed on the way out."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def export(ckpt_path: str | Path, output: str | Path, overwrite: bool = False) -> Path:

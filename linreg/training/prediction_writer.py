@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,15 @@ from typing_extensions import override
 
 from linreg.errors import LinRegError
 from linreg.io import publish, temporary, writing
+
+
+class PredictionStopped(Exception):
+    """Ctrl-C or SIGTERM stopped a predict: raised at the next batch, so that no partial file is left."""
+
+    def __init__(self, by: str, rows: int, total: int, output: Path, existed: bool) -> None:
+        left = f"{output} left as it was" if existed else f"{output} not written"
+        super().__init__(f"stopped by {by} after {rows} of {total} rows; no predictions written, {left}")
+        self.exit_code = 130 if by == "Ctrl-C" else 143
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -42,6 +53,9 @@ class PredictionWriter(BasePredictionWriter):
         self._out: _TableFile | None = None
         self._part: _TableFile | None = None
         self._id_type: Any = None
+        self._stopped_by: str | None = None
+        self._running: L.Trainer | None = None
+        self._previous: dict[int, Any] = {}
 
     def _part_path(self, rank: int) -> Path:
         return self.output.parent / f".{self.output.name}.part{rank}.parquet.tmp"
@@ -54,7 +68,31 @@ class PredictionWriter(BasePredictionWriter):
             self._part = _TableFile(self._part_path(trainer.global_rank), ".parquet")
         else:
             self._out = _TableFile(self.output, self.output.suffix.lower())
-        self._next = 0
+        self._next, self._rows, self._existed = 0, 0, self.output.exists()
+        self._stopped_by, self._running = None, trainer
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Only a flag: the next batch stops (a second Ctrl-C at once); the output is never half written."""
+        if self._stopped_by is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._stopped_by = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        launcher = self._running.strategy.launcher if self._running is not None else None
+        if launcher is not None and hasattr(launcher, "kill"):
+            launcher.kill(signum)  # the DDP processes Lightning started, if any
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    @override
+    def on_predict_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._stopped_by is not None:
+            raise PredictionStopped(self._stopped_by, self._rows, _expected_rows(trainer), self.output, self._existed)
 
     @override
     def write_on_batch_end(
@@ -71,6 +109,7 @@ class PredictionWriter(BasePredictionWriter):
         pred = prediction["pred"].detach().double().cpu().numpy()
         if not np.isfinite(pred).all():
             raise LinRegError("the model produced non-finite predictions; no output written")
+        self._rows += len(index)
         if self._part is not None:
             self._part.write(self._columns(index, pred, with_index=True))
             return
@@ -110,6 +149,9 @@ class PredictionWriter(BasePredictionWriter):
             trainer.strategy.barrier()
             self._part = None
             return
+        self._restore_signals()
+        if self._stopped_by is not None:  # a signal during the last batch: the run was still stopped
+            raise PredictionStopped(self._stopped_by, self._rows, _expected_rows(trainer), self.output, self._existed)
         rows = self._next
         if rows != _expected_rows(trainer):
             raise LinRegError(f"predictions for {rows} of {_expected_rows(trainer)} rows; no output written")
@@ -158,10 +200,16 @@ class PredictionWriter(BasePredictionWriter):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_signals()
         for file in (self._out, self._part):
             if file is not None:
                 file.discard()
         self._out = self._part = None
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_signals()
+        self._running = None
 
 
 def _expected_rows(trainer: L.Trainer) -> int:
@@ -196,7 +244,7 @@ class _TableFile:
                 import pyarrow.csv as pc
 
                 with open(self.tmp, "w", newline="") as header:  # quoted only where needed, as pandas does
-                    csv.writer(header).writerow(table.column_names)
+                    csv.writer(header, lineterminator="\n").writerow(table.column_names)  # LF, as pyarrow
                 self._file = open(self.tmp, "ab")  # noqa: SIM115 (closed in close())
                 options = pc.WriteOptions(include_header=False)
                 self._writer = pc.CSVWriter(self._file, table.schema, write_options=options)
