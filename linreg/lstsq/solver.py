@@ -11,17 +11,11 @@ hold such an R and combine them exactly (``all_gather``).
 
 Penalties are in the units of the model SGD trains: ``solve(x_scale=s_x, y_scale=s_y)`` says the model
 sees z = (x − m_x)/s_x and t = (y − m_y)/s_y, and the objective is nn.MSELoss of t (mean over rows and
-targets) + l2·‖W‖² + l1·‖W‖₁ on those coordinates' coefficients, the intercept free. scikit-learn's
-estimators fit on the same (standardized) one-target table of n rows map as::
+targets) + l2·‖W‖² + l1·‖W‖₁ on those coordinates' coefficients, the intercept free (scikit-learn's
+Ridge, Lasso and ElasticNet map onto it as docs/numbers.md shows).
 
-    Ridge(alpha)                 minimizes ‖y − Xw‖² + alpha·‖w‖²                   →  l2 = alpha / n
-    Lasso(alpha)                 minimizes ‖y − Xw‖²/(2n) + alpha·‖w‖₁              →  l1 = 2·alpha
-    ElasticNet(alpha, l1_ratio)  ‖y − Xw‖²/(2n) + alpha·l1_ratio·‖w‖₁
-                                 + ½·alpha·(1 − l1_ratio)·‖w‖²  →  l1 = 2·alpha·l1_ratio, l2 = alpha·(1 − l1_ratio)
-
-With k targets the MSE is also averaged over the targets, so in those formulas n becomes n·k.
-
-``linreg.training.exact.ExactSolution`` runs it over a fit's training rows.
+``linreg.training.exact.ExactSolution`` runs it over a fit's training rows. Over 300 lines for a reason:
+one class, the R factor and everything read from it (solve, objective, polish, the DDP merge).
 """
 
 from __future__ import annotations
@@ -36,7 +30,7 @@ from torch import Tensor
 
 from linreg.lstsq.inference import ols_inference
 from linreg.lstsq.optimum import Optimum
-from linreg.lstsq.penalties import elastic_net, exact_on_support, solve_on_support
+from linreg.lstsq.penalties import active_set, elastic_net
 from linreg.lstsq.rank import null_space
 
 # Rows per QR. The flops do not depend on it, the memory traffic does: on 2,000,000 × 32 float32 rows
@@ -269,10 +263,8 @@ class LeastSquares:
         """The exact lasso / elastic-net optimum on the support of ``coef`` (original units, k × d), if
         one is there: what proximal SGD approaches and, in float32 with a constant step, stalls short of.
 
-        An active-set method started from SGD's support and signs: solve with them held; a feature whose
-        sign flips leaves the support, then the zero that most violates the optimality conditions joins
-        it with its gradient's sign, until none does (a few steps when SGD's support is nearly right).
-        None when that does not settle (SGD's weights stay). Returns the coefficients and intercepts."""
+        An active-set method started from SGD's support and signs (``penalties.active_set``). None when
+        it does not settle (SGD's weights stay). Returns the coefficients and intercepts."""
         if self.rows == 0 or self.l1 == 0:
             return None
         R, s_x, s_y, c_x, c_y = self._numpy()
@@ -283,21 +275,8 @@ class LeastSquares:
         nk = self.rows * self.k
         start = np.asarray(torch.as_tensor(coef).detach().cpu(), dtype=np.float64).reshape(self.k, d) * sx / sy[:, None]
         w = np.zeros((d, self.k))
-        l1, l2 = nk * self.l1 / 2, nk * self.l2
         for j in range(self.k):
-            signs = np.sign(start[j])
-            for _ in range(4 * d + 4):
-                exact = solve_on_support(G, b[:, j], signs, l1, l2)
-                flipped = (signs != 0) & (np.sign(exact) != signs)
-                if flipped.any():
-                    signs[flipped] = 0.0
-                    continue
-                slack = np.where(signs == 0, b[:, j] - G @ exact, 0.0)
-                worst = int(np.argmax(np.abs(slack)))
-                if abs(slack[worst]) <= l1 * (1 + 1e-9) + 1e-12 * np.abs(b[:, j]).max():
-                    break
-                signs[worst] = np.sign(slack[worst])
-            optimal = exact_on_support(G, b[:, j], signs, l1, l2)
+            optimal = active_set(G, b[:, j], np.sign(start[j]), nk * self.l1 / 2, nk * self.l2)
             if optimal is None:
                 return None
             w[:, j] = optimal

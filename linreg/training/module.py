@@ -11,6 +11,7 @@ fifth of it is the docstring the CLI prints as ``--model.*`` help.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import lightning as L
@@ -416,8 +417,9 @@ class LinRegModule(L.LightningModule):
             values["b"] = b[0]
         if self.hparams.solver == "sgd":
             values["lr-SGD"] = self.optimizers().param_groups[0]["lr"]
-            if self.exact is not None:
-                values["optimum/excess"] = self.gap_to_optimum()
+            excess = self.gap_to_optimum() if self.exact is not None else math.nan
+            if math.isfinite(excess):  # NaN for an exact fit: no relative gap to log (Optimum.exact_fit)
+                values["optimum/excess"] = excess
         self.log_values(values | {"epoch": self.current_epoch})
         excess = values.get("optimum/excess", float("inf"))
         done = excess <= self.tolerance and self.current_epoch + 1 >= (self.trainer.min_epochs or 0)
