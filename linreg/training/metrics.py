@@ -26,6 +26,13 @@ class RegressionSums(Metric):
 
     full_state_update = False
     higher_is_better = None
+    # States, registered by add_state (declared for type checkers: nn.Module's __getattr__ says Tensor | Module).
+    rows: Tensor
+    loss: Tensor
+    sse: Tensor
+    sae: Tensor
+    sum_t: Tensor
+    sum_t2: Tensor
 
     def __init__(self, out_features: int) -> None:
         super().__init__()
@@ -35,7 +42,7 @@ class RegressionSums(Metric):
         for name in SUMS:
             self.add_state(name, torch.zeros(out_features, dtype=f64), dist_reduce_fx="sum", persistent=True)
 
-    def update(self, pred: Tensor, y: Tensor, center: Tensor, loss: Tensor | None = None) -> None:  # type: ignore[override]
+    def update(self, pred: Tensor, y: Tensor, center: Tensor, loss: Tensor | None = None) -> None:
         """pred: predictions (rows × k, the model's dtype), y: targets as the file holds them (float64 for
         text tables: the metrics compare with the true values, not their float32 rounding); center: the
         training target's mean; loss: the batch's loss as the optimizer saw it (weighted by its rows)."""

@@ -12,11 +12,13 @@ fifth of it is the docstring the CLI prints as ``--model.*`` help.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 from typing_extensions import override
@@ -24,7 +26,7 @@ from typing_extensions import override
 from linreg.data.tables import default_names
 from linreg.errors import LinRegError
 from linreg.lightning_private import attached
-from linreg.lstsq import auto_step
+from linreg.lstsq import Optimum, auto_step
 from linreg.model import LinearRegression
 from linreg.training import coefficients as coef_units
 from linreg.training.averaging import TailAverage
@@ -72,6 +74,13 @@ class LinRegModule(L.LightningModule):
         standardize_target: targets too (from the data).
         log_step_loss: also log the loss at every step (off by default: one point per epoch is cheap).
     """
+
+    # Buffers, registered in __init__ (nn.Module's __getattr__ would type them Tensor | Module).
+    x_mean: Tensor
+    x_scale: Tensor
+    y_mean: Tensor
+    y_scale: Tensor
+    y_center: Tensor
 
     def __init__(
         self,
@@ -126,6 +135,11 @@ class LinRegModule(L.LightningModule):
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
         self.trained = False  # whether this run took a training step (a failed fit's logs are kept only then)
 
+    @property
+    def hparams(self) -> AttributeDict:
+        """``save_hyperparameters``' values, typed as what they are here: an ``AttributeDict``."""
+        return cast(AttributeDict, super().hparams)
+
     # -- the model ---------------------------------------------------------------------------------
 
     @override
@@ -137,7 +151,8 @@ class LinRegModule(L.LightningModule):
         """The linear layer's output, in standardized target units when targets are standardized."""
         if self.hparams.standardize:
             x = (x - self.x_mean.to(x.dtype)) / self.x_scale.to(x.dtype)
-        return self.model(x)
+        out: Tensor = self.model(x)
+        return out
 
     def _target(self, y: Tensor, dtype: torch.dtype) -> Tensor:
         """The training target in the model's coordinates and dtype: centred (and scaled, with
@@ -193,7 +208,7 @@ class LinRegModule(L.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule if attached(self) else None
+        data = _datamodule(self.trainer) if attached(self) else None
         if stage != "fit" or data is None:
             return
         hp = self.hparams
@@ -224,6 +239,7 @@ class LinRegModule(L.LightningModule):
     def _start_weights(self) -> None:
         """Once the weights have their final dtype and device: the solution itself for ``solver lstsq``;
         for SGD from scratch, the intercept at the target's mean."""
+        assert self.exact is not None  # on_train_start calls this only once measured
         hp, optimum = self.hparams, self.exact.optimum
         if hp.solver == "lstsq":
             self.set_coefficients(optimum.coef, optimum.intercept)
@@ -237,7 +253,7 @@ class LinRegModule(L.LightningModule):
 
     @property
     def _minibatch(self) -> bool:
-        data = self.trainer.datamodule if attached(self) else None
+        data = _datamodule(self.trainer) if attached(self) else None
         batch = data.hparams.get("batch_size") if data is not None else None
         return batch is not None and self.exact is not None and batch < self.exact.optimum.n
 
@@ -247,7 +263,7 @@ class LinRegModule(L.LightningModule):
         if self.exact is None:
             return auto_step(0.0, 0.0, hp.lr, hp.momentum, None, 0.0)
         big, small, r2 = self.exact.curvature
-        batch = self.trainer.datamodule.hparams.get("batch_size") if self._minibatch else None
+        batch = _datamodule(self.trainer).hparams.get("batch_size") if self._minibatch else None
         return auto_step(big, small, hp.lr, hp.momentum, batch, r2)
 
     @override
@@ -321,7 +337,7 @@ class LinRegModule(L.LightningModule):
         """
         self.trained = True
         sgd = self.hparams.solver == "sgd"
-        optimizer = self.optimizers() if sgd else None
+        optimizer = self._sgd() if sgd else None
         for view in batch:
             z, t = self._scaled(view["x"]), self._target(view["y"], view["x"].dtype)
             loss, logged = self._loss(z, t, view, train=True)
@@ -416,12 +432,12 @@ class LinRegModule(L.LightningModule):
         if w.shape == (1, 1) and b is not None:
             values["b"] = b[0]
         if self.hparams.solver == "sgd":
-            values["lr-SGD"] = self.optimizers().param_groups[0]["lr"]
+            values["lr-SGD"] = self._sgd().param_groups[0]["lr"]
             excess = self.gap_to_optimum() if self.exact is not None else math.nan
             if math.isfinite(excess):  # NaN for an exact fit: no relative gap to log (Optimum.exact_fit)
                 values["optimum/excess"] = excess
         self.log_values(values | {"epoch": self.current_epoch})
-        excess = values.get("optimum/excess", float("inf"))
+        excess = float(values.get("optimum/excess", math.inf))
         done = excess <= self.tolerance and self.current_epoch + 1 >= (self.trainer.min_epochs or 0)
         # lstsq: one epoch measures the solution; SGD within --model.tol of the optimum: more change nothing
         if self.hparams.solver == "lstsq" or done:
@@ -438,13 +454,21 @@ class LinRegModule(L.LightningModule):
     def gap_to_optimum(self) -> float:
         """How far the weights the fit would end with now (the running average when averaging) are above
         the optimum, exactly, from the R factor (no pass over the rows)."""
-        lin = self.averaging.module.lin if self.averaging is not None and self.averaging.running else None
-        return self._compared(*self.coefficients(lin)).excess
+        running = self.averaging is not None and self.averaging.running
+        lin = cast(LinearRegression, self.averaging.module).lin if self.averaging is not None and running else None
+        return float(self._compared(*self.coefficients(lin)).excess)
 
-    def _compared(self, coef: Tensor, intercept: Tensor | None, mse: float | None = None) -> Any:
+    def _compared(self, coef: Tensor, intercept: Tensor | None, mse: float | None = None) -> Optimum:
+        assert self.exact is not None  # measured in setup("fit")
         hp = self.hparams
         intercept = intercept if hp.fit_intercept else None
         return self.exact.compared(coef, intercept, bool(hp.l1 or hp.l2), self.scaling, mse)
+
+    def _sgd(self) -> LightningOptimizer:
+        """The one SGD optimizer (``configure_optimizers`` returns one)."""
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)
+        return optimizer
 
     def finish_training(self) -> None:
         """The end of a fit, before its last checkpoint: the model it ends with (the average of the
@@ -466,7 +490,7 @@ class LinRegModule(L.LightningModule):
     def _measure_final(self) -> dict[str, float]:
         """Metrics of the model as saved, one pass over each split's rows (streamed and DDP-merged like
         the epochs): the epoch values are running means over a moving model, taken before each update."""
-        data = self.trainer.datamodule
+        data = _datamodule(self.trainer)
         if not hasattr(data, "exact_batches"):
             return {}
         dtype = self.model.lin.weight.dtype
@@ -521,3 +545,8 @@ class LinRegModule(L.LightningModule):
         if attached(self) and self.trainer.state.fn == "fit":
             logged["step"] = torch.as_tensor(float(self.global_step))
         self.log_dict(logged, batch_size=1)
+
+
+def _datamodule(trainer: L.Trainer) -> Any:
+    """The trainer's datamodule (an attribute Lightning sets at run time, invisible to type checkers)."""
+    return getattr(trainer, "datamodule", None)
