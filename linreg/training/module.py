@@ -32,7 +32,14 @@ from linreg.training import coefficients as coef_units
 from linreg.training.averaging import TailAverage
 from linreg.training.exact import ExactSolution, Scaling
 from linreg.training.hparams import log_hparams
-from linreg.training.metrics import STAGES, RegressionSums, adopt_metric_states, epoch_values, monitorable
+from linreg.training.metrics import (
+    STAGES,
+    RegressionSums,
+    adopt_metric_states,
+    batch_sums,
+    epoch_values,
+    monitorable,
+)
 
 Solver = Literal["sgd", "lstsq"]
 Auto = Literal["auto"]
@@ -338,6 +345,7 @@ class LinRegModule(L.LightningModule):
         self.trained = True
         sgd = self.hparams.solver == "sgd"
         optimizer = self._sgd() if sgd else None
+        total: Tensor | None = None
         for view in batch:
             z, t = self._scaled(view["x"]), self._target(view["y"], view["x"].dtype)
             loss, logged = self._loss(z, t, view, train=True)
@@ -351,7 +359,10 @@ class LinRegModule(L.LightningModule):
                         w.copy_(F.softshrink(w, optimizer.param_groups[0]["lr"] * self.hparams.l1))
                 if self.averaging is not None:
                     self.averaging.update(self.model, self.current_epoch)
-            self.train_sums.update(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            sums = batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            total = sums if total is None else total + sums
+        if total is not None:  # one Metric update per step, for the group's updates together
+            self.train_sums.update(total)
         if not torch.isfinite(logged):  # once per step: NaN and inf carry on through later updates
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
             raise LinRegError(
@@ -418,7 +429,9 @@ class LinRegModule(L.LightningModule):
                     f"far beyond the training data's overflows; no {stage} metrics reported"
                 )
             _, logged = self._loss(z, t, view, train=False)
-            getattr(self, f"{stage}_sums").update(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            getattr(self, f"{stage}_sums").update(
+                batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            )
 
     # -- epoch ends --------------------------------------------------------------------------------
 
@@ -505,7 +518,7 @@ class LinRegModule(L.LightningModule):
                 x, y = view["x"].to(self.device, dtype), view["y"].to(self.device)
                 z = self._scaled(x)
                 _, logged = self._loss(z, self._target(y, dtype), view, train=split == "train")
-                sums.update(self._unscale(z), y, self.y_center, logged)
+                sums.update(batch_sums(self._unscale(z), y, self.y_center, logged))
             values |= epoch_values(sums.compute(), split, names)
         return {key: float(value) for key, value in values.items()}
 
@@ -522,7 +535,7 @@ class LinRegModule(L.LightningModule):
         sums = getattr(self, f"{stage}_sums")
         if not sums.update_called:
             return {}
-        values = epoch_values(sums.compute(), stage, self.hparams.target_names or default_names("y", sums.sse.numel()))
+        values = epoch_values(sums.compute(), stage, self.hparams.target_names or default_names("y", sums.k))
         sums.reset()
         return values
 
