@@ -178,6 +178,7 @@ class Table:
         names = list(names)
         self._check_columns(names)
         if self.stream is not None:
+            self.stream.keep_decoded = True  # the check's decoded rows serve every later pass (streams._Decoded)
             self.stream.check(names, fit_float32 or dtype == torch.float32)
             self.n_rows = self.stream.n_rows
             return self.stream.rows(names, dtype or self.stream.stored_dtype(names))
@@ -382,7 +383,16 @@ def _check_csv_header(p: Path) -> None:
 
 
 def _whole(path: str, source: Source) -> Table:
-    """A folder or glob of parts read into memory (``--data.stream false``), in file order."""
+    """A folder or glob of parts read into memory (``--data.stream false``), in file order.
+
+    Parquet parts whose columns are all floating point are read by pyarrow straight into one array
+    (float32 when every column is, as streaming and ``.npz`` keep them): through pandas the rows were
+    copied three times (frames, their concatenation, a float64 matrix), and reading a folder whole took
+    1.38x as long as streaming it. Other columns (text, an integer id passed through to predictions as
+    it is), and CSV, still come through pandas, which keeps their types and names bad cells.
+    """
+    if source.kind == "parquet" and all(source.is_floating(c) for c in source.columns):
+        return _whole_parquet(path, source)
     import pandas as pd
 
     frames = []
@@ -396,6 +406,25 @@ def _whole(path: str, source: Source) -> Table:
     if len(frame) == 0:
         raise LinRegError(f"{path}: no data rows")
     return Table(path, frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
+
+
+def _whole_parquet(path: str, source: Source) -> Table:
+    names = source.columns
+    counts = [sum(groups) for groups in source.groups]
+    if not sum(counts):
+        raise LinRegError(f"{path}: no data rows")
+    dtype = np.float32 if source.stored_dtype(names) == torch.float32 else np.float64
+    # Column-major: each Arrow column lands in one contiguous run (filling row-major is 10x slower).
+    values = np.empty((sum(counts), len(names)), dtype=dtype, order="F")
+    first = 0
+    for i, groups in enumerate(source.groups):
+        for g in range(len(groups)):
+            table = source.read_group(i, g, names)
+            for j, name in enumerate(names):
+                values[first : first + table.num_rows, j] = table.column(name).to_numpy(zero_copy_only=False)
+            first += table.num_rows
+    arrays = {name: (values, j) for j, name in enumerate(names)}
+    return Table(path, arrays=arrays, implied_targets=["y"] if "y" in names else [])
 
 
 def _read_npz(p: Path) -> Table:
