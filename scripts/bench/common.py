@@ -295,7 +295,8 @@ def fit_args(path: Path, batch: int, epochs: int, *extra: str) -> list[str]:
 def run_process(cmd: list[str], cwd: Path) -> tuple[float, str]:
     """Wall seconds and stderr of one child process."""
     cwd.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # This checkout's linreg, unless PYTHONPATH names another first (a baseline measured with this bench).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
