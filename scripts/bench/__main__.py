@@ -4,7 +4,7 @@
 each ratio from one run of its measurement (both sides side by side). Each measurement also runs
 alone: ``python -m scripts.bench.<epochs|streaming|startup|exact|memory> --help``.
 
-Usage: ``python -m scripts.bench [--tiny] [--threads N] [--json PATH] [--only NAME ...]``.
+Usage: ``python -m scripts.bench [--tiny] [--threads N] [--clock cpu] [--json PATH] [--only NAME ...]``.
 Timings on a shared machine move with its load; each section records the load average.
 """
 
@@ -111,10 +111,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="every measurement at a size that runs in seconds (CI)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in this process")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall or CPU seconds (a busy machine)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--only", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS))
     opts = p.parse_args(argv)
     common = [*(["--tiny"] if opts.tiny else []), *(["--threads", str(opts.threads)] if opts.threads else [])]
+    common += ["--clock", opts.clock]
     result: dict[str, Any] = {}
     for name in opts.only:
         print(f"\n== {name}", flush=True)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,21 @@ from linreg.cli.main import quiet_lightning
 ROOT = Path(__file__).resolve().parents[2]
 SEED_CONFIG = ROOT / "configs" / "seed.yaml"
 CHUNK = 65536  # rows per block for the closed form and the MSE passes
+# What every timing reads: wall seconds, or with --clock cpu this process's CPU seconds (user + system) and,
+# for child processes, theirs. On a machine shared past its cores, CPU seconds with --threads 1 keep a
+# neighbour's load out of the ratios, which wall seconds cannot (a process gets a share of a core).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCKS["wall"]
+
+
+def clock() -> float:
+    return _clock()
+
+
+def set_clock(name: str) -> None:
+    global _clock
+    _clock = CLOCKS[name]
+
 
 # linreg's entry point, printing the process's peak RSS (VmHWM, KiB) at exit. Not getrusage(RUSAGE_CHILDREN) or
 # wait4: Linux keeps the pre-exec maxrss, so a child forked from this big process would report this process's peak.
@@ -64,6 +80,9 @@ def parser(doc: str | None, rows: int, tiny_rows: int) -> argparse.ArgumentParse
     p.add_argument("--tiny", action="store_true", help="a size that runs in seconds (CI), figures meaningless")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: torch's)")
+    p.add_argument(
+        "--clock", choices=list(CLOCKS), default="wall", help="wall seconds, or CPU seconds (a busy machine)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(full_rows=rows, tiny_rows=tiny_rows)
     return p
@@ -82,6 +101,7 @@ def prepare(opts: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore", message=r".*(LeafSpec|does not have many workers|num_workers).*")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    set_clock(opts.clock)
     if opts.threads:
         torch.set_num_threads(opts.threads)  # on a busy machine, 2 threads on 2 cores can make small ops 10-50x slower
     sys.argv = sys.argv[:1]
@@ -96,6 +116,7 @@ def meta(opts: argparse.Namespace, start: float, load_before: float) -> dict[str
         "lightning": L.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "clock": opts.clock,
         "cpus": os.cpu_count(),
         "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
@@ -124,7 +145,7 @@ def run_main(
     report(result)
     print(
         f"\n({opts.rows:,} rows x {opts.dim}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} cpus; load average {load} -> {result['meta']['load_after']}; "
+        f"{os.cpu_count()} cpus; {opts.clock} clock; load average {load} -> {result['meta']['load_after']}; "
         f"{result['meta']['seconds']:.0f} s)"
     )
     write_json(opts.json, result)
@@ -195,10 +216,10 @@ class EpochTimer(L.Callback):
         self.end = math.nan
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.train_start = time.perf_counter()
+        self.train_start = clock()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.starts.append(time.perf_counter())
+        self.starts.append(clock())
         self.rows.append(0)
 
     def on_train_batch_end(
@@ -207,7 +228,7 @@ class EpochTimer(L.Callback):
         self.rows[-1] += batch_rows(batch)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.end = time.perf_counter()
+        self.end = clock()
 
     def seconds(self) -> list[float]:
         """Each epoch's wall, its end-of-epoch hooks (metrics, logging) included."""
@@ -232,10 +253,10 @@ class TimedCLI(LinRegCLI):
         self.timer = EpochTimer()
         # First in line, so their on_train_end closes the window before linreg's own end-of-fit callbacks (figures).
         self.trainer.callbacks[:0] = [self.timer, *self.extra_callbacks]
-        self.fit_start = time.perf_counter()
+        self.fit_start = clock()
 
     def after_fit(self) -> None:
-        self.fit_seconds = time.perf_counter() - self.fit_start
+        self.fit_seconds = clock() - self.fit_start
         super().after_fit()
 
 
@@ -258,9 +279,9 @@ def run_linreg(args: list[str], cwd: Path, callbacks: list[L.Callback] | None = 
     out = io.StringIO()
     try:
         with workdir(cwd), contextlib.redirect_stdout(out):
-            t0 = time.perf_counter()
+            t0 = clock()
             cli = TimedCLI(args=args)
-            wall = time.perf_counter() - t0
+            wall = clock() - t0
     except BaseException:
         sys.stderr.write(out.getvalue())
         raise
@@ -293,16 +314,21 @@ def fit_args(path: Path, batch: int, epochs: int, *extra: str) -> list[str]:
 
 
 def run_process(cmd: list[str], cwd: Path) -> tuple[float, str]:
-    """Wall seconds and stderr of one child process."""
+    """Seconds (wall, or the child's CPU seconds under --clock cpu) and stderr of one child process."""
     cwd.mkdir(parents=True, exist_ok=True)
     # This checkout's linreg, unless PYTHONPATH names another first (a baseline measured with this bench).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 if _clock is CLOCKS["wall"] else _children_cpu() - cpu0
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return wall, proc.stderr
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb(stderr: str) -> float:

@@ -35,7 +35,6 @@ import math
 import pstats
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from linreg.data.batches import Batches
-from scripts.bench.common import EpochTimer, fit_args, make_data, run_linreg, run_main, write_npz
+from scripts.bench.common import EpochTimer, clock, fit_args, make_data, run_linreg, run_main, write_npz
 
 BATCH_SIZES = (1024, 4096, 65536)
 TINY_BATCH_SIZES = (64, 256, 2048)
@@ -93,11 +92,11 @@ def raw_rate(x: Tensor, y: Tensor, batch: int, min_seconds: float) -> float:
     for s in range(0, min(n, 3 * batch), batch):  # warm-up
         step(s)
     rates: list[float] = []
-    t0 = time.perf_counter()
-    while len(rates) < 3 or time.perf_counter() - t0 < min_seconds:
-        start = time.perf_counter()
+    t0 = clock()
+    while len(rates) < 3 or clock() - t0 < min_seconds:
+        start = clock()
         rows = sum(step(s) for s in range(0, n, batch))
-        rates.append(rows / (time.perf_counter() - start))
+        rates.append(rows / (clock() - start))
     return statistics.median(rates)
 
 
@@ -109,14 +108,14 @@ def raw_parts(x: Tensor, y: Tensor, batch: int) -> dict[str, float]:
     spent = dict.fromkeys(("forward", "backward", "optimizer"), 0.0)
     updates = 0
     for s in range(0, len(x), batch):
-        t0 = time.perf_counter()
+        t0 = clock()
         loss = F.mse_loss(model(x[s : s + batch]), y[s : s + batch])
-        t1 = time.perf_counter()
+        t1 = clock()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = clock()
         opt.step()
         opt.zero_grad()
-        t3 = time.perf_counter()
+        t3 = clock()
         spent["forward"] += t1 - t0
         spent["backward"] += t2 - t1
         spent["optimizer"] += t3 - t2
@@ -192,13 +191,13 @@ class ProfileWindow(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == 1:
             self.active = True
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
             self.profile.enable()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.active:
             self.profile.disable()
-            self.seconds = time.perf_counter() - self.t0
+            self.seconds = clock() - self.t0
             self.active = False
 
 
