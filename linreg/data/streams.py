@@ -217,14 +217,16 @@ class Source:
             self._open[i] = pq.ParquetFile(self.files[i])
         return self._open[i]
 
-    def read_group(self, file: int, group: int, names: Sequence[str]) -> Any:
+    def read_group(self, file: int, group: int, names: Sequence[str], threads: bool = False) -> Any:
         """Row group ``group`` of file ``file`` as an Arrow table; a failure (a part changed or damaged since
-        it was checked) is one line naming the file, in training as in the check."""
+        it was checked) is one line naming the file, in training as in the check.
+
+        One thread unless asked (a table read whole): pyarrow's own threads decoded a streamed epoch 10-15%
+        faster on two cores, but a 300 MiB table's fit then peaked 20-40 MiB higher, near the 96 MiB bound
+        (measured)."""
         self.verify(self.files[file])
         try:
-            # One thread: pyarrow's own threads decoded a streamed epoch 10-15% faster on two cores, but a
-            # 300 MiB table's fit then peaked 20-40 MiB higher, near the 96 MiB bound (measured).
-            return self.parquet(file).read_row_group(group, columns=list(names), use_threads=False)
+            return self.parquet(file).read_row_group(group, columns=list(names), use_threads=threads)
         except Exception as exc:
             self.verify(self.files[file])  # a part rewritten while open: say so, not what the decoder saw
             raise LinRegError(f"{self.files[file]}: cannot read: {reason(exc)}") from exc
@@ -605,6 +607,8 @@ def check_finite(exact: np.ndarray, names: Sequence[str], source: str, offset: i
     bad = ~np.isfinite(exact)
     if to_float32 and exact.dtype != np.float32:
         bad |= np.abs(np.where(bad, 0, exact)) > np.finfo(np.float32).max
+    if not bad.any():  # the usual case; np.nonzero over every chunk was most of a table's check (measured)
+        return
     bad_rows, bad_cols = np.nonzero(bad)
     if bad_rows.size:
         r, c = int(bad_rows[0]), int(bad_cols[0])

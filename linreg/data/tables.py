@@ -419,7 +419,7 @@ def _whole_parquet(path: str, source: Source) -> Table:
     first = 0
     for i, groups in enumerate(source.groups):
         for g in range(len(groups)):
-            table = source.read_group(i, g, names)
+            table = source.read_group(i, g, names, threads=True)  # the whole table is held anyway
             for j, name in enumerate(names):
                 values[first : first + table.num_rows, j] = table.column(name).to_numpy(zero_copy_only=False)
             first += table.num_rows
