@@ -98,13 +98,13 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, str, bool | None]]:
 
 def print_goals(r: dict[str, Any]) -> None:
     rows = goals(r)
-    width = max(len(row[0]) for row in rows)
-    print("\ngoals (issue 24): today = main before this round (48b57b1), now = this run")
-    print(f"| {'figure':<{width}} | {'today':<21} | {'now':<21} | {'goal':<22} | met |")
-    print(f"|{'-' * (width + 2)}|{'-' * 23}|{'-' * 23}|{'-' * 24}|-----|")
-    for figure, today, now, goal, met in rows:
-        verdict = {True: "yes", False: "no", None: "n/a"}[met]
-        print(f"| {figure:<{width}} | {today:<21} | {now:<21} | {goal:<22} | {verdict:<3} |")
+    head = ("figure", "today", "now", "goal", "met")
+    cells = [(f, t, n, g, {True: "yes", False: "no", None: "n/a"}[m]) for f, t, n, g, m in rows]
+    widths = [max(len(row[i]) for row in [head, *cells]) for i in range(len(head))]
+    clock = next((v["meta"]["clock"] for v in r.values() if "meta" in v), "wall")
+    print(f"\ngoals (issue 24): today = the issue's figures for main 48b57b1; now = this run ({clock} clock)")
+    for row in [head, tuple("-" * w for w in widths), *cells]:
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
