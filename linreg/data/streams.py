@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -299,7 +299,8 @@ class Source:
         store = None
         if self.keep_decoded and self.kind == "parquet":
             store = _Decoded(sum(map(sum, self.groups)), len(names), self.stored_dtype(names), eager=True)
-        counts, k = [], 0
+        counts: list[int] = []
+        k = 0
         total = sum(self.counts) if self.counts is not None else None
         with Progress(f"checking {len(names)} column(s) of {self.path}", total) as progress:
             for file, blocks in zip(self.files, self._blocks_per_file(names, rows=store is not None)):
@@ -324,7 +325,7 @@ class Source:
         for i, file in enumerate(self.files):
             if self.kind == "parquet":
                 dtype = self.stored_dtype(names) if rows else torch.float64
-                order = "C" if rows else "F"
+                order: Literal["C", "F"] = "C" if rows else "F"
                 yield (_matrix(self.read_group(i, g, names), names, dtype, order) for g in range(len(self.groups[i])))
             else:
                 yield self._csv_blocks(file, names)
@@ -634,11 +635,13 @@ def _typed(schema: Any) -> bool:
     return not any(pa.types.is_null(t) for t in schema.types)
 
 
-def _matrix(table: Any, names: Sequence[str], dtype: torch.dtype = torch.float64, order: str = "F") -> np.ndarray:
+def _matrix(
+    table: Any, names: Sequence[str], dtype: torch.dtype = torch.float64, order: Literal["C", "F"] = "F"
+) -> np.ndarray:
     """Arrow columns as one n × len(names) array (one conversion, a column at a time); nulls become NaN
     (named by ``check``). Column-major fills fastest; row-major is the layout ``_Decoded`` keeps."""
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    out = np.empty((table.num_rows, len(names)), dtype=np_dtype, order=order)  # type: ignore[call-overload]
+    out = np.empty((table.num_rows, len(names)), dtype=np_dtype, order=order)
     for j, name in enumerate(names):
         out[:, j] = table.column(name).to_numpy(zero_copy_only=False)
     return out
