@@ -28,8 +28,8 @@ class RegressionSums(Metric):
     higher_is_better = None
     sums: Tensor  # registered by add_state (declared for type checkers)
 
-    def __init__(self, out_features: int) -> None:
-        super().__init__()
+    def __init__(self, out_features: int, sync_on_compute: bool = True) -> None:
+        super().__init__(sync_on_compute=sync_on_compute)
         self.k = out_features
         self.add_state("sums", torch.zeros(2 + 4 * out_features, dtype=torch.float64), "sum", persistent=True)
 

@@ -216,6 +216,10 @@ class LinRegModule(L.LightningModule):
     @override
     def setup(self, stage: str) -> None:
         data = _datamodule(self.trainer) if attached(self) else None
+        for sums in (self.train_sums, self.val_sums, self.test_sums):
+            # Reduced over this trainer's ranks only: a process group left from an earlier DDP fit in the
+            # same process (a script that fits twice) must not merge another fit's rows.
+            sums.sync_on_compute = attached(self) and self.trainer.world_size > 1
         if stage != "fit" or data is None:
             return
         hp = self.hparams
@@ -513,7 +517,7 @@ class LinRegModule(L.LightningModule):
             batches = data.exact_batches(split=split, purpose=f"the saved model's {split} metrics")
             if not batches:
                 continue
-            sums = RegressionSums(self.hparams.out_features).to(self.device)
+            sums = RegressionSums(self.hparams.out_features, self.trainer.world_size > 1).to(self.device)
             for view in batches.batches():
                 x, y = view["x"].to(self.device, dtype), view["y"].to(self.device)
                 z = self._scaled(x)
@@ -527,7 +531,9 @@ class LinRegModule(L.LightningModule):
         """The optimum and the gap to it, once, at the fit's last step; then the run's hparams row."""
         opt = self.optimum
         if opt is not None and self.logger is not None:
-            self.logger.log_metrics({"optimum/mse": opt.mse, "optimum/excess_mse": opt.excess}, step=self.global_step)
+            values = {"optimum/mse": opt.mse, "optimum/excess_mse": opt.excess}
+            finite = {key: value for key, value in values.items() if math.isfinite(value)}  # none for an exact fit
+            self.logger.log_metrics(finite, step=self.global_step)
         log_hparams(self.trainer, self)
 
     def _epoch_values(self, stage: str) -> dict[str, Tensor | float]:
