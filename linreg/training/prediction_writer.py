@@ -126,7 +126,7 @@ class PredictionWriter(BasePredictionWriter):
             x = np.concatenate([view["x"].detach().double().cpu().numpy() for view in batch])
             bounds = interval_columns(self._covariance, x, pred, self.level)
             pred = np.stack([pred] + [bounds[key] for key in ("mean_lower", "mean_upper", "lower", "upper")], axis=2)
-            pred = pred.reshape(len(index), -1)  # per target: its prediction, then its four bounds
+            pred = pred.reshape(len(index), len(self.columns))  # per target: its prediction, then its four bounds
         if self._part is not None:
             self._part.write(self._columns(index, pred, with_index=True))
             return
