@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from tests.helpers import error_line, last_ckpt
 
@@ -82,6 +83,10 @@ def test_fit_and_predict_equal_statsmodels_on_engel(cli, workdir, capsys, cov_ty
     robust = cov_type != "nonrobust"
     assert f"covariance: {cov_type}" in out and ("p>|z|" in out) == robust and ("p>|t|" in out) != robust
 
+    stored = torch.load(last_ckpt(workdir), weights_only=True)["linreg_intervals"]  # what predict reads
+    np.testing.assert_allclose(stored["cov"][0].numpy(), ref.cov_params(), rtol=1e-6)
+    assert stored["cov_type"] == cov_type and stored["df"] == ref.df_resid
+
     frame[["income"]].iloc[::2].to_parquet(workdir / "new.parquet")
     args = ("predict", "--ckpt_path", "last", "--data.path", "new.parquet", "--output", "p.parquet")
     assert cli(*args, "--interval", "0.9") == 0
@@ -135,6 +140,12 @@ def test_intervals_are_refused_where_they_do_not_apply(cli, workdir, capsys) -> 
     assert cli("fit", *data, "--model.solver", "lstsq", "--model.l2", "0.1") == 0  # penalized: no standard errors
     assert cli(*predict, "--ckpt_path", "last", "--interval", "0.95") == 1
     assert "no standard errors, so no intervals: penalized fit" in error_line(capsys)
+    old = torch.load(last_ckpt(workdir), weights_only=True)
+    del old["linreg_intervals"]  # as a linreg before --interval wrote it
+    old["hyper_parameters"] |= {"solver": "lstsq", "l2": 0.0}
+    torch.save(old, workdir / "old.ckpt")
+    assert cli(*predict, "--ckpt_path", "old.ckpt", "--interval", "0.95") == 1
+    assert "holds no parameter covariance" in error_line(capsys)
     for level in ("1.5", "0"):
         assert cli(*predict, "--ckpt_path", sgd, "--interval", level) == 1
         assert f"--interval must be a level between 0 and 1, e.g. 0.95, got {float(level)}" in error_line(capsys)

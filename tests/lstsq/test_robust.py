@@ -176,6 +176,17 @@ def test_no_covariance_without_inference() -> None:
     assert opt.inference is None and state == {"note": opt.inference_note} and "no residual" in state["note"]
 
 
+@pytest.mark.parametrize("cov_type", ["nonrobust", "HC1"])
+def test_intervals_without_intercept(tables, cov_type: str) -> None:
+    x, y = tables["diabetes"]
+    opt, state = robust_fit(x, y, cov_type, fit_intercept=False)
+    mean = x @ opt.coef[0].numpy()
+    got = interval_columns(state, x, mean[:, None], 0.9)
+    frame = statsmodels_fit(x, y, cov_type, fit_intercept=False).get_prediction(x).summary_frame(alpha=0.1)
+    np.testing.assert_allclose(got["mean_lower"][:, 0], frame["mean_ci_lower"], rtol=1e-6)
+    np.testing.assert_allclose(got["upper"][:, 0], frame["obs_ci_upper"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("cov_type", ["nonrobust", "HC1", "HC3"])
 @pytest.mark.parametrize("name", ["engel", "longley"])
 def test_intervals_equal_statsmodels_summary_frame(tables, name: str, cov_type: str) -> None:
