@@ -170,8 +170,9 @@ def last_checkpoint_globs(trainer: Namespace | None) -> list[str]:
     folder its runs share (``save_dir/name``), where Lightning puts their checkpoints
     (``save_dir/name/<version>/checkpoints``). Without a logger: ``default_root_dir/checkpoints``,
     and the default logger's family (``default_root_dir/lightning_logs``)."""
-    root = str((trainer or {}).get("default_root_dir") or ".")
-    logger = (trainer or {}).get("logger", True)
+    settings: Any = trainer or {}
+    root = str(settings.get("default_root_dir") or ".")
+    logger = settings.get("logger", True)
     if isinstance(logger, list):
         logger = logger[0] if logger else False
     if logger is False:
@@ -272,7 +273,7 @@ def take_checkpoint_settings(cfg: Namespace, given: Namespace | None, ckpt: dict
             cfg[f"model.{key}"] = saved
         elif value != saved:
             differ.append(f"--model.{key} {_show(value)} (the checkpoint: {_show(saved)})")
-    if differ and rank_zero_only.rank == 0:
+    if differ and _rank() == 0:
         print(
             f"linreg: note: {', '.join(differ)} differ from the checkpoint {path}; this run uses the values given",
             file=sys.stderr,
@@ -297,3 +298,8 @@ def _take(cfg: Namespace, given: Namespace | None, key: str, saved: Any, ckpt_pa
 def _show(value: Any) -> str:
     """A value as the user would type it on the command line."""
     return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _rank() -> int:
+    """This process's global rank, as Lightning records it on ``rank_zero_only`` (an attribute it sets)."""
+    return int(getattr(rank_zero_only, "rank", 0))

@@ -51,6 +51,11 @@ class Predictor(nn.Module):
             self.register_buffer(name, state[name].to(torch.float64).clone())  # in float64 (1e9 + signal)
         self.standardize = standardize  # the target is centred (and scaled) whenever the features are
 
+    x_mean: Tensor  # buffers, registered above (declared for type checkers)
+    x_scale: Tensor
+    y_mean: Tensor
+    y_scale: Tensor
+
     def forward(self, features: Tensor) -> Tensor:
         x = (features - self.x_mean) / self.x_scale if self.standardize else features
         out = nn.functional.linear(x, self.weight, self.bias)
@@ -178,11 +183,13 @@ def onnx_bytes(predictor: Predictor, meta: dict[str, Any]) -> bytes:
             dynamic_shapes=_dynamic_batch(),
             verbose=False,
         )
+    assert program is not None  # torch.onnx.export returns the program under dynamo=True
     proto = program.model_proto
     # ONNX metadata values are strings: lists and numbers as JSON, the version as it is.
     onnx.helper.set_model_props(proto, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
+    data: bytes = proto.SerializeToString()
+    return data
 
 
 def pt2_bytes(predictor: Predictor, meta: dict[str, Any]) -> bytes:

@@ -11,11 +11,13 @@ from jsonargparse import Namespace
 def missing_package(exc: BaseException, trainer: Any) -> str | None:
     """A class the config names (a logger, a callback) that cannot be built for want of a package:
     which flag and class, which package, and how to get it; None for any other failure."""
-    chain, classes = [], []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        classes += re.findall(r"given class_path '([^']+)'", str(exc))
-        exc = exc.__cause__ or exc.__context__
+    chain: list[BaseException] = []
+    classes: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        classes += re.findall(r"given class_path '([^']+)'", str(cause))
+        cause = cause.__cause__ or cause.__context__
     missing = next((e for e in chain if isinstance(e, ImportError)), None)
     if missing is None:
         return None

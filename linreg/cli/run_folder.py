@@ -33,7 +33,7 @@ def new_run_folder(trainer: Any) -> list[Path]:
     folder = Path(log_dir).absolute()
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     # Rank 0 only: under DDP the other ranks use rank 0's folder (Lightning broadcasts it).
-    if not auto or rank_zero_only.rank != 0 or folder.name != f"version_{logger.version}":
+    if not auto or _rank() != 0 or folder.name != f"version_{logger.version}":
         return made
     while True:
         made = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -98,3 +98,8 @@ def checkpoint_run_logger(logger: Any, ckpt_path: str, subcommand: str) -> Any:
     run = ckpt.parent.parent
     args.save_dir, args.name, args.version, args.sub_dir = str(run.parent), "", run.name, subcommand
     return logger
+
+
+def _rank() -> int:
+    """This process's global rank, as Lightning records it on ``rank_zero_only`` (an attribute it sets)."""
+    return int(getattr(rank_zero_only, "rank", 0))

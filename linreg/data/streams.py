@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -169,6 +169,8 @@ class Source:
         self._pa = pa
         self._open: dict[int, Any] = {}  # a few open Parquet files; a folder may hold more than the fd limit
         self._csv_names: dict[str, Any] = {}  # CSV read options naming the columns, where the header has gaps
+        self.keep_decoded = False  # keep what ``check`` decodes for later passes (see ``check``)
+        self._kept: dict[tuple[str, ...], _Decoded] = {}  # what it kept, by columns
         index: list[str] = []
         if self.kind == "parquet":
             import pyarrow.parquet as pq
@@ -215,14 +217,16 @@ class Source:
             self._open[i] = pq.ParquetFile(self.files[i])
         return self._open[i]
 
-    def read_group(self, file: int, group: int, names: Sequence[str]) -> Any:
+    def read_group(self, file: int, group: int, names: Sequence[str], threads: bool = False) -> Any:
         """Row group ``group`` of file ``file`` as an Arrow table; a failure (a part changed or damaged since
-        it was checked) is one line naming the file, in training as in the check."""
+        it was checked) is one line naming the file, in training as in the check.
+
+        One thread unless asked (a table read whole): pyarrow's own threads decoded a streamed epoch 10-15%
+        faster on two cores, but a 300 MiB table's fit then peaked 20-40 MiB higher, near the 96 MiB bound
+        (measured)."""
         self.verify(self.files[file])
         try:
-            # One thread: pyarrow's own threads decoded a streamed epoch 10-15% faster on two cores, but a
-            # 300 MiB table's fit then peaked 20-40 MiB higher, near the 96 MiB bound (measured).
-            return self.parquet(file).read_row_group(group, columns=list(names), use_threads=False)
+            return self.parquet(file).read_row_group(group, columns=list(names), use_threads=threads)
         except Exception as exc:
             self.verify(self.files[file])  # a part rewritten while open: say so, not what the decoder saw
             raise LinRegError(f"{self.files[file]}: cannot read: {reason(exc)}") from exc
@@ -273,6 +277,9 @@ class Source:
         pa = self._pa
         return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
 
+    def is_floating(self, name: str) -> bool:
+        return all(self._pa.types.is_floating(schema.field(name).type) for schema in self._schemas)
+
     def stored_dtype(self, names: Sequence[str]) -> torch.dtype:
         pa = self._pa
         single = all(schema.field(n).type == pa.float32() for schema in self._schemas for n in names)
@@ -282,25 +289,44 @@ class Source:
 
     def check(self, names: Sequence[str], to_float32: bool) -> None:
         """Read every row of ``names`` once and name the first NaN, inf, text or (for float32 training)
-        out-of-range value by file, column and 1-based row of that file."""
-        counts = []
+        out-of-range value by file, column and 1-based row of that file.
+
+        With ``keep_decoded`` (Parquet; what ``Table.matrix`` sets), the rows this pass decodes are kept
+        (``_Decoded``), so every later pass over these columns (the statistics, the closed form's, each
+        epoch) reads them instead of decoding again: decoding is most of what a streamed pass costs, and
+        this pass has to decode anyway.
+        """
+        store = None
+        if self.keep_decoded and self.kind == "parquet":
+            store = _Decoded(sum(map(sum, self.groups)), len(names), self.stored_dtype(names), eager=True)
+        counts: list[int] = []
+        k = 0
         total = sum(self.counts) if self.counts is not None else None
         with Progress(f"checking {len(names)} column(s) of {self.path}", total) as progress:
-            for file, blocks in zip(self.files, self._blocks_per_file(names)):
+            for file, blocks in zip(self.files, self._blocks_per_file(names, rows=store is not None)):
                 rows = 0
                 for block in _named(file, blocks):
                     check_finite(block, names, file, rows, to_float32)
+                    if store is not None:
+                        store.write(k, sum(counts) + rows, block)
+                        k += 1
                     rows += len(block)
                     progress.update(len(block))
                 counts.append(rows)
         if not sum(counts):
             raise LinRegError(f"{self.path}: no data rows (columns {self.columns}, but no rows under them)")
         self.counts = counts
+        if store is not None and store.file is not None:
+            self._kept[tuple(names)] = store
 
-    def _blocks_per_file(self, names: Sequence[str]) -> Iterator[Iterator[np.ndarray]]:
+    def _blocks_per_file(self, names: Sequence[str], rows: bool = False) -> Iterator[Iterator[np.ndarray]]:
+        """Each file's blocks as float64 column-major matrices, or with ``rows`` (Parquet) in the stored
+        dtype and row-major: the layout ``_Decoded`` keeps, made in one conversion."""
         for i, file in enumerate(self.files):
             if self.kind == "parquet":
-                yield (_matrix(self.read_group(i, g, names), names) for g in range(len(self.groups[i])))
+                dtype = self.stored_dtype(names) if rows else torch.float64
+                order: Literal["C", "F"] = "C" if rows else "F"
+                yield (_matrix(self.read_group(i, g, names), names, dtype, order) for g in range(len(self.groups[i])))
             else:
                 yield self._csv_blocks(file, names)
 
@@ -431,7 +457,8 @@ class StreamRows:
                     self._group_starts.append(offset)
                     self._group_keys.append((i, g))
                     offset += size
-            self._decoded = _Decoded(self.shape[0], len(self.names), self._np)
+            kept = source._kept.get(tuple(self.names))
+            self._decoded = kept or _Decoded(self.shape[0], len(self.names), self._np)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -445,7 +472,11 @@ class StreamRows:
         if self._decoded is not None and stop > start:
             groups = range(self._group(start), self._group(stop - 1) + 1)
             if self._decoded.has(groups):
-                return torch.from_numpy(self._decoded.view(start, stop))
+                for i in sorted({self._group_keys[k][0] for k in groups}):  # as a read would: a part changed
+                    self.source.verify(self.source.files[i])  # since its check is refused by name (a stat)
+                view = self._decoded.view(start, stop)
+                # Rows kept as float64 (the exact rows of float64 columns) serve float32 training by a cast.
+                return torch.from_numpy(view if view.dtype == self._np else view.astype(self._np))
         # Column-major (filled a column at a time, 100x faster than row-major from Arrow's columns);
         # torch's matmul takes the layout as it is. Copied straight from the blocks kept: converting
         # each row group to one array first cost a second copy and fresh pages (measured).
@@ -505,21 +536,25 @@ class _Decoded:
     memory-mapped views.
 
     Decoding is what a streamed epoch costs: 4.4-5 ms per 65,536-row group of 33 float32 columns
-    here, against 1.5 ms for the training step on the same rows (measured). A group decoded a second
-    time (a second epoch, or a batch straddling it) is written here, and from then on its rows come
-    back as a view of the page cache: no decode, no copy, resident only while a batch uses them (the
-    mapping goes with the view). A single pass (predict) never writes. The file is unlinked as it is
-    made, so nothing is left behind, even after ``kill -9``. Not used when the temporary folder lacks
-    twice the room it needs, and dropped if a write fails (a full disk): reads then decode as before.
+    here, against 1.5 ms for the training step on the same rows (measured). Rows checked by
+    ``Source.check(keep=True)`` (what a fit or predict does before it starts) are written as that
+    pass decodes them (``eager``), so no later pass decodes at all; otherwise a group decoded a second
+    time (a second epoch, or a batch straddling it) is written here. From then on its rows come back
+    as a view of the page cache: no decode, no copy, resident only while a batch uses them (the
+    mapping goes with the view). The file is unlinked as it is made, so nothing is left behind, even
+    after ``kill -9``. Not used when the temporary folder lacks twice the room it needs, and dropped if
+    a write fails (a full disk): reads then decode as before.
     """
 
-    def __init__(self, rows: int, width: int, dtype: Any) -> None:
+    def __init__(self, rows: int, width: int, dtype: Any, eager: bool = False) -> None:
         import shutil
 
-        self.width, self.dtype = width, np.dtype(dtype)
+        self.width = width
+        self.dtype = np.dtype(np.float32 if dtype == torch.float32 else np.float64 if dtype == torch.float64 else dtype)
         self.row_bytes = width * self.dtype.itemsize
         self.seen: set[int] = set()  # groups decoded once
         self.done: set[int] = set()  # groups in the file
+        self.eager = eager
         self.file: Any = None
         size = rows * self.row_bytes
         try:
@@ -533,16 +568,22 @@ class _Decoded:
         return self.file is not None and all(k in self.done for k in groups)
 
     def put(self, k: int, first: int, columns: list[np.ndarray]) -> None:
-        """Group ``k`` was decoded (its rows start at ``first``): write it the second time."""
+        """Group ``k`` was decoded (its rows start at ``first``): write it the second time (or the first, if eager)."""
         if self.file is None or k in self.done:
             return
-        if k not in self.seen:
+        if k not in self.seen and not self.eager:
             self.seen.add(k)
             return
         block = np.empty((len(columns[0]), self.width), dtype=self.dtype)
         for j, column in enumerate(columns):
             block[:, j] = column
-        data, offset = memoryview(block).cast("B"), first * self.row_bytes
+        self.write(k, first, block)
+
+    def write(self, k: int, first: int, block: np.ndarray) -> None:
+        """Group ``k``'s rows (row-major, this store's dtype), starting at row ``first``."""
+        if self.file is None:
+            return
+        data, offset = memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B"), first * self.row_bytes
         try:
             while data:
                 written = os.pwrite(self.file.fileno(), data, offset)
@@ -567,6 +608,8 @@ def check_finite(exact: np.ndarray, names: Sequence[str], source: str, offset: i
     bad = ~np.isfinite(exact)
     if to_float32 and exact.dtype != np.float32:
         bad |= np.abs(np.where(bad, 0, exact)) > np.finfo(np.float32).max
+    if not bad.any():  # the usual case; np.nonzero over every chunk was most of a table's check (measured)
+        return
     bad_rows, bad_cols = np.nonzero(bad)
     if bad_rows.size:
         r, c = int(bad_rows[0]), int(bad_cols[0])
@@ -592,10 +635,13 @@ def _typed(schema: Any) -> bool:
     return not any(pa.types.is_null(t) for t in schema.types)
 
 
-def _matrix(table: Any, names: Sequence[str]) -> np.ndarray:
-    """Arrow columns as one n × len(names) float64 array, column-major (one conversion, a column at a
-    time); nulls become NaN (named by ``check``)."""
-    out = np.empty((table.num_rows, len(names)), dtype=np.float64, order="F")
+def _matrix(
+    table: Any, names: Sequence[str], dtype: torch.dtype = torch.float64, order: Literal["C", "F"] = "F"
+) -> np.ndarray:
+    """Arrow columns as one n × len(names) array (one conversion, a column at a time); nulls become NaN
+    (named by ``check``). Column-major fills fastest; row-major is the layout ``_Decoded`` keeps."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    out = np.empty((table.num_rows, len(names)), dtype=np_dtype, order=order)
     for j, name in enumerate(names):
         out[:, j] = table.column(name).to_numpy(zero_copy_only=False)
     return out

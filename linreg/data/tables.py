@@ -178,6 +178,7 @@ class Table:
         names = list(names)
         self._check_columns(names)
         if self.stream is not None:
+            self.stream.keep_decoded = True  # the check's decoded rows serve every later pass (streams._Decoded)
             self.stream.check(names, fit_float32 or dtype == torch.float32)
             self.n_rows = self.stream.n_rows
             return self.stream.rows(names, dtype or self.stream.stored_dtype(names))
@@ -382,7 +383,16 @@ def _check_csv_header(p: Path) -> None:
 
 
 def _whole(path: str, source: Source) -> Table:
-    """A folder or glob of parts read into memory (``--data.stream false``), in file order."""
+    """A folder or glob of parts read into memory (``--data.stream false``), in file order.
+
+    Parquet parts whose columns are all floating point are read by pyarrow straight into arrays
+    (float32 when every column is, as streaming and ``.npz`` keep them): through pandas the rows were
+    copied three times (frames, their concatenation, a float64 matrix), and reading a folder whole took
+    1.38x as long as streaming it. Other columns (text, an integer id passed through to predictions as
+    it is), and CSV, still come through pandas, which keeps their types and names bad cells.
+    """
+    if source.kind == "parquet" and all(source.is_floating(c) for c in source.columns):
+        return _whole_parquet(path, source)
     import pandas as pd
 
     frames = []
@@ -396,6 +406,31 @@ def _whole(path: str, source: Source) -> Table:
     if len(frame) == 0:
         raise LinRegError(f"{path}: no data rows")
     return Table(path, frame=frame, implied_targets=["y"] if "y" in frame.columns else [])
+
+
+def _whole_parquet(path: str, source: Source) -> Table:
+    names = source.columns
+    n = sum(map(sum, source.groups))
+    if not n:
+        raise LinRegError(f"{path}: no data rows")
+    dtype = np.float32 if source.stored_dtype(names) == torch.float32 else np.float64
+    # Row-major, the features in one array and the target 'y' in another, as an .npz holds them: the
+    # usual columns then reach training as views, with no second copy of the table (measured: the copy
+    # from one array of every column cost as much as reading the Parquet).
+    blocks = [block for block in ([c for c in names if c != "y"], [c for c in names if c == "y"]) if block]
+    where = {}
+    for block in blocks:
+        values = np.empty((n, len(block)), dtype=dtype)
+        where.update({name: (values, j) for j, name in enumerate(block)})
+    first = 0
+    for i, groups in enumerate(source.groups):
+        for g in range(len(groups)):
+            table = source.read_group(i, g, names, threads=True)  # the whole table is held anyway
+            for name in names:
+                values, j = where[name]
+                values[first : first + table.num_rows, j] = table.column(name).to_numpy(zero_copy_only=False)
+            first += table.num_rows
+    return Table(path, arrays={name: where[name] for name in names}, implied_targets=["y"] if "y" in names else [])
 
 
 def _read_npz(p: Path) -> Table:

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -35,7 +35,7 @@ MODEL_PARAMS = ("lr", "momentum", "weight_decay", "l2", "l1", "average", "tol", 
 COLUMNS = (("std err", "se"), ("t", "t"), ("P>|t|", "p"), ("[0.025", "ci_low"), ("0.975]", "ci_high"))
 
 
-class LinearRegressor(RegressorMixin, BaseEstimator):
+class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn ships no types
     """Linear regression fitted by linreg (SGD or the exact least-squares solver) through Lightning.
 
     The parameters are the CLI's flags with the CLI's defaults: ``--model.*`` (``solver`` .. ``fit_intercept``),
@@ -189,7 +189,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
         w, b = module.coefficients()
         if y_ndim == 1:
             self.coef_ = w[0].numpy()
-            self.intercept_ = float(b[0]) if b is not None else 0.0
+            self.intercept_: float | np.ndarray = float(b[0]) if b is not None else 0.0
         else:
             self.coef_ = w.numpy()
             self.intercept_ = b.numpy() if b is not None else np.zeros(w.shape[0])
@@ -206,7 +206,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
             # Row-major, as linreg's tables serve rows: a column-major X (a DataFrame's values) takes another
             # matmul path in torch, whose float32 sums can differ from `linreg predict`'s in the last bit.
             x = torch.tensor(X, dtype=module.model.lin.weight.dtype).contiguous()
-            pred = module(x).double().numpy()
+            pred: np.ndarray = module(x).double().numpy()
         return pred[:, 0] if self._y_ndim == 1 else pred
 
     def summary(self) -> Any:

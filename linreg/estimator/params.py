@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any
 
-import numpy as np
 import torch
 
 from linreg.cli.app import check_accelerator
@@ -29,7 +29,7 @@ def check_params(est: Any) -> None:
         return ParameterError(f"{type(est).__name__}: {name} must be {expected}, got {getattr(est, name)!r}")
 
     def number(value: Any) -> bool:
-        return isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value)
+        return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
     def integer(value: Any) -> bool:
         return isinstance(value, Integral) and not isinstance(value, bool)

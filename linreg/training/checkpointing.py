@@ -60,8 +60,8 @@ class CheckpointPolicy(ModelCheckpoint):
                 "--checkpoint.keep needs --checkpoint.every_n_epochs N: without it there is one checkpoint, at the end"
             )
         # The most recent: "step" rises through a fit, so the top `keep` by step are the latest.
-        latest = {"monitor": "step", "mode": "max"} if keep else {}
-        super().__init__(save_last=True, every_n_epochs=every_n_epochs, save_top_k=keep, **latest)
+        monitor, mode = ("step", "max") if keep else (None, "min")
+        super().__init__(monitor=monitor, mode=mode, save_last=True, every_n_epochs=every_n_epochs, save_top_k=keep)
         self.stopped_by: str | None = None
         self._running: L.Trainer | None = None
         self._previous: dict[int, Any] = {}
@@ -136,7 +136,7 @@ class CheckpointPolicy(ModelCheckpoint):
         self._restore_signals()
         # Always: an epoch's checkpoint may already hold this step, but the model the fit ends with can
         # differ from it (FinalModel puts the average of the iterates in after the last epoch).
-        if not trainer.fast_dev_run:
+        if not fast_dev_run(trainer):
             save_last_checkpoint(self, trainer, again=True)
 
     @override
@@ -144,7 +144,7 @@ class CheckpointPolicy(ModelCheckpoint):
         self._restore_signals()
         if isinstance(exception, SIGTERMException):
             self.stopped_by = self.stopped_by or "SIGTERM"
-            if not trainer.fast_dev_run:
+            if not fast_dev_run(trainer):
                 save_last_checkpoint(self, trainer)
         elif isinstance(exception, KeyboardInterrupt) and self.stopped_by:
             rank_zero_warn("linreg: aborted by a second Ctrl-C in the middle of a step; no checkpoint saved")
@@ -152,7 +152,7 @@ class CheckpointPolicy(ModelCheckpoint):
             trainer.state.fn == "fit"
             and trainer.fit_loop.done
             and _write_failure(exception)
-            and not trainer.fast_dev_run
+            and not fast_dev_run(trainer)
         ):
             # Training had finished when a log or figure could not be written (a full disk): the model
             # matters more than they do, and may still fit (a checkpoint is smaller than the logs).
@@ -169,8 +169,15 @@ class CheckpointPolicy(ModelCheckpoint):
         self._running = None
 
 
+def fast_dev_run(trainer: L.Trainer) -> bool:
+    """A debug run (``--trainer.fast_dev_run``), which saves and logs nothing (Lightning's rule). An
+    attribute Lightning sets on the trainer at run time, invisible to type checkers."""
+    return bool(getattr(trainer, "fast_dev_run", False))
+
+
 def _write_failure(exc: BaseException) -> bool:
     """A file the machine would not let us write (a full disk, a lost permission): ours or the logger's."""
-    while exc is not None and not isinstance(exc, OSError):
-        exc = exc.__cause__
-    return exc is not None
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    return cause is not None

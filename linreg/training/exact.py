@@ -93,5 +93,7 @@ class ExactSolution:
         ls, optimum = self.least_squares, self.optimum
         if penalized:
             objective = ls.objective(coef, intercept, scaling.x_scale, scaling.y_scale)
-            return dataclasses.replace(optimum, mse=optimum.objective, sgd_mse=objective, penalized=True)
-        return dataclasses.replace(optimum, sgd_mse=ls.objective(coef, intercept) if mse is None else mse)
+            best = optimum.objective if optimum.objective is not None else optimum.mse
+            return dataclasses.replace(optimum, mse=best, sgd_mse=objective, penalized=True)
+        measured = ls.objective(coef, intercept) if mse is None else mse
+        return dataclasses.replace(optimum, sgd_mse=measured)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from typing_extensions import override
 
 from linreg.data.tables import default_names
 from linreg.io import atomic_write
+from linreg.training.checkpointing import fast_dev_run
 
 # A matplotlib Figure. Not imported for type checking either: jsonargparse, which reads this module for
 # FitFigures' flags, runs `if TYPE_CHECKING:` blocks, and matplotlib would load on every start.
@@ -182,7 +184,7 @@ class FitFigures(L.Callback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or not trainer.is_global_zero or trainer.fast_dev_run:
+        if not self.enabled or not trainer.is_global_zero or fast_dev_run(trainer):
             return  # a debug run logs and saves nothing (Lightning's rule for fast_dev_run)
         try:
             import matplotlib  # noqa: F401
@@ -205,8 +207,8 @@ class FitFigures(L.Callback):
         features = hp.get("feature_names") or default_names("x", x.shape[1])
         targets = hp.get("target_names") or default_names("y", y.shape[1])
         figures = fit_figures(x, y, pred, features, targets, self.max_points)
-        ckpt = trainer.checkpoint_callback
-        folder = Path(ckpt.dirpath if ckpt is not None and ckpt.dirpath else trainer.log_dir or ".")
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)  # a ModelCheckpoint's folder
+        folder = Path(dirpath or trainer.log_dir or ".")
         folder.mkdir(parents=True, exist_ok=True)
         for name, fig in figures.items():
             buffer = io.BytesIO()
@@ -216,10 +218,14 @@ class FitFigures(L.Callback):
             if free < 2 * len(png) + RESERVE:  # the PNG and its copy in the event file; the logs need room too
                 rank_zero_warn(f"linreg: fit figure {name} skipped: {free // 1024} KiB free in {folder}")
                 continue
-            atomic_write(folder / f"{name}.png", lambda tmp, png=png: tmp.write_bytes(png))
+            atomic_write(folder / f"{name}.png", partial(_write_bytes, data=png))
             if isinstance(trainer.logger, TensorBoardLogger):
                 width, height = (int(v) for v in fig.canvas.get_width_height())
                 image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
                 summary = Summary(value=[Summary.Value(tag=f"fit/{name}", image=image)])
                 trainer.logger.experiment.file_writer.add_summary(summary, trainer.global_step)
         figures.clear()  # pyplot never saw these figures, so dropping them is all the closing they need
+
+
+def _write_bytes(path: Path, data: bytes) -> int:
+    return path.write_bytes(data)

@@ -19,7 +19,7 @@ def log_hparams(trainer: L.Trainer, module: Any) -> None:
         return
     hp = module.hparams
     params: dict[str, Any] = {key: hp.get(key) for key in FLAGS}
-    data = trainer.datamodule.hparams if trainer.datamodule is not None else {}
+    data = getattr(getattr(trainer, "datamodule", None), "hparams", {})
     params |= {key: data.get(key) for key in DATA_FLAGS}
     params["precision"] = str(trainer.precision)
     params = {k: v if isinstance(v, (int, float, str, bool)) else str(v).lower() for k, v in params.items()}

@@ -1,11 +1,10 @@
-"""``RegressionSums``: every sum an epoch's metrics need, updated once per SGD update.
+"""``RegressionSums``: every sum an epoch's metrics need, added once per Lightning step.
 
 One torchmetrics ``Metric`` instead of a ``MetricCollection`` of MSE, RMSE, MAE and R² (and a
 ``MeanMetric`` for the loss): each of those recomputed the residuals of the whole batch and converted
 it to float64 on its own, which cost more than the SGD update itself at large batches (issue 24's
-profile). Here one residual in the model's dtype feeds five float64 sums (``sum(dtype=float64)``
-accumulates without a float64 copy of the batch), every sum is reduced over DDP ranks with
-``dist_reduce_fx="sum"``, and MSE, MAE and R² come from the reduced sums at the epoch's end:
+profile). Here one residual feeds four float64 sums per target, kept in one state vector reduced over
+DDP ranks with ``dist_reduce_fx="sum"``, and MSE, MAE and R² come from the reduced sums at the epoch's end:
 every rank computes the same values, so a rank that saw one row or none still agrees with the others.
 
 Values are in the target's own units. R²'s total sum of squares uses targets shifted by the training mean
@@ -18,50 +17,60 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-SUMS = ("sse", "sae", "sum_t", "sum_t2")
-
 
 class RegressionSums(Metric):
-    """Row count, loss, and per-target sums of squared and absolute residuals and of centred targets."""
+    """One float64 vector of sums, reduced over DDP ranks: [rows, Σ loss·rows, Σe², Σ|e|, Σ(y−c), Σ(y−c)²]
+    (the last four per target). ``batch_sums`` makes a batch's; ``update`` adds them, once per Lightning
+    step for a group of SGD updates (the Metric's own bookkeeping costs more than the sums at small
+    batches)."""
 
     full_state_update = False
     higher_is_better = None
+    sums: Tensor  # registered by add_state (declared for type checkers)
 
-    def __init__(self, out_features: int) -> None:
-        super().__init__()
-        f64 = torch.float64
-        self.add_state("rows", torch.zeros((), dtype=f64), dist_reduce_fx="sum", persistent=True)
-        self.add_state("loss", torch.zeros((), dtype=f64), dist_reduce_fx="sum", persistent=True)
-        for name in SUMS:
-            self.add_state(name, torch.zeros(out_features, dtype=f64), dist_reduce_fx="sum", persistent=True)
+    def __init__(self, out_features: int, sync_on_compute: bool = True) -> None:
+        super().__init__(sync_on_compute=sync_on_compute)
+        self.k = out_features
+        self.add_state("sums", torch.zeros(2 + 4 * out_features, dtype=torch.float64), "sum", persistent=True)
 
-    def update(self, pred: Tensor, y: Tensor, center: Tensor, loss: Tensor | None = None) -> None:  # type: ignore[override]
-        """pred: predictions (rows × k, the model's dtype), y: targets as the file holds them (float64 for
-        text tables: the metrics compare with the true values, not their float32 rounding); center: the
-        training target's mean; loss: the batch's loss as the optimizer saw it (weighted by its rows)."""
-        rows = pred.shape[0]
-        if rows == 0:
-            return
-        e = pred.detach().to(y.dtype) - y
-        tc = y - center.to(y.dtype)
-        f64 = torch.float64
-        self.sse += e.square().sum(0, dtype=f64)
-        self.sae += e.abs().sum(0, dtype=f64)
-        self.sum_t += tc.sum(0, dtype=f64)
-        self.sum_t2 += tc.square().sum(0, dtype=f64)
-        self.rows += rows
-        if loss is not None:
-            self.loss += loss.detach().to(f64) * rows
+    def update(self, sums: Tensor) -> None:
+        self.sums += sums
 
     def compute(self) -> dict[str, Tensor]:
-        """Per target: MSE and MAE; R² (NaN where undefined: fewer than two rows, or
-        a constant target); and the epoch's loss, the row-weighted mean of the batch losses. ``rows``: 0
-        when no rank saw a row (then nothing here means anything)."""
-        n = self.rows.clamp(min=1)
-        sst = self.sum_t2 - self.sum_t.square() / n
-        defined = (self.rows >= 2) & (sst > 0)
-        r2 = torch.where(defined, 1.0 - self.sse / torch.where(defined, sst, torch.ones_like(sst)), torch.nan)
-        return {"rows": self.rows.clone(), "loss": self.loss / n, "mse": self.sse / n, "mae": self.sae / n, "r2": r2}
+        """Per target: MSE and MAE; R² (NaN where undefined: fewer than two rows, or a constant target);
+        and the epoch's loss, the row-weighted mean of the batch losses. ``rows``: 0 when no rank saw a
+        row (then nothing here means anything)."""
+        rows, loss = self.sums[0], self.sums[1]
+        sse, sae, sum_t, sum_t2 = self.sums[2:].reshape(4, self.k)
+        n = rows.clamp(min=1)
+        sst = sum_t2 - sum_t.square() / n
+        defined = (rows >= 2) & (sst > 0)
+        r2 = torch.where(defined, 1.0 - sse / torch.where(defined, sst, torch.ones_like(sst)), torch.nan)
+        return {"rows": rows.clone(), "loss": loss / n, "mse": sse / n, "mae": sae / n, "r2": r2}
+
+
+def batch_sums(pred: Tensor, y: Tensor, center: Tensor, loss: Tensor | None = None) -> Tensor:
+    """A batch's ``RegressionSums`` vector. pred: predictions (rows × k, the model's dtype); y: targets as
+    the file holds them (float64 for text tables: the metrics compare with the true values, not their
+    float32 rounding); center: the training target's mean; loss: the batch's loss as the optimizer saw
+    it (weighted by its rows). ``sum(dtype=float64)`` accumulates without a float64 copy of the batch."""
+    f64, rows = torch.float64, pred.shape[0]
+    e = pred.detach().to(y.dtype) - y
+    tc = y - center.to(y.dtype)
+    head = torch.stack([torch.full((), float(rows), dtype=f64, device=y.device), _weighted(loss, rows, y.device)])
+    parts = (
+        e.square().sum(0, dtype=f64),
+        e.abs().sum(0, dtype=f64),
+        tc.sum(0, dtype=f64),
+        tc.square().sum(0, dtype=f64),
+    )
+    return torch.cat([head, *parts])
+
+
+def _weighted(loss: Tensor | None, rows: int, device: torch.device) -> Tensor:
+    if loss is None:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return loss.detach().to(torch.float64) * rows
 
 
 STAGES = ("train", "val", "test")

@@ -12,11 +12,13 @@ fifth of it is the docstring the CLI prints as ``--model.*`` help.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 from typing_extensions import override
@@ -24,14 +26,21 @@ from typing_extensions import override
 from linreg.data.tables import default_names
 from linreg.errors import LinRegError
 from linreg.lightning_private import attached
-from linreg.lstsq import auto_step
+from linreg.lstsq import Optimum, auto_step
 from linreg.lstsq.robust import COV_TYPES
 from linreg.model import LinearRegression
 from linreg.training import coefficients as coef_units
 from linreg.training.averaging import TailAverage
 from linreg.training.exact import ExactSolution, Scaling
 from linreg.training.hparams import log_hparams
-from linreg.training.metrics import STAGES, RegressionSums, adopt_metric_states, epoch_values, monitorable
+from linreg.training.metrics import (
+    STAGES,
+    RegressionSums,
+    adopt_metric_states,
+    batch_sums,
+    epoch_values,
+    monitorable,
+)
 
 Solver = Literal["sgd", "lstsq"]
 CovType = Literal["nonrobust", "HC0", "HC1", "HC2", "HC3"]
@@ -78,6 +87,13 @@ class LinRegModule(L.LightningModule):
             corrections, with the normal distribution, as statsmodels' ``fit(cov_type=...)``; one more
             pass over the training rows). ``predict --interval`` honours it.
     """
+
+    # Buffers, registered in __init__ (nn.Module's __getattr__ would type them Tensor | Module).
+    x_mean: Tensor
+    x_scale: Tensor
+    y_mean: Tensor
+    y_scale: Tensor
+    y_center: Tensor
 
     def __init__(
         self,
@@ -136,6 +152,11 @@ class LinRegModule(L.LightningModule):
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
         self.trained = False  # whether this run took a training step (a failed fit's logs are kept only then)
 
+    @property
+    def hparams(self) -> AttributeDict:
+        """``save_hyperparameters``' values, typed as what they are here: an ``AttributeDict``."""
+        return cast(AttributeDict, super().hparams)
+
     # -- the model ---------------------------------------------------------------------------------
 
     @override
@@ -147,7 +168,8 @@ class LinRegModule(L.LightningModule):
         """The linear layer's output, in standardized target units when targets are standardized."""
         if self.hparams.standardize:
             x = (x - self.x_mean.to(x.dtype)) / self.x_scale.to(x.dtype)
-        return self.model(x)
+        out: Tensor = self.model(x)
+        return out
 
     def _target(self, y: Tensor, dtype: torch.dtype) -> Tensor:
         """The training target in the model's coordinates and dtype: centred (and scaled, with
@@ -203,7 +225,11 @@ class LinRegModule(L.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule if attached(self) else None
+        data = _datamodule(self.trainer) if attached(self) else None
+        for sums in (self.train_sums, self.val_sums, self.test_sums):
+            # Reduced over this trainer's ranks only: a process group left from an earlier DDP fit in the
+            # same process (a script that fits twice) must not merge another fit's rows.
+            sums.sync_on_compute = attached(self) and self.trainer.world_size > 1
         if stage != "fit" or data is None:
             return
         hp = self.hparams
@@ -237,6 +263,7 @@ class LinRegModule(L.LightningModule):
     def _start_weights(self) -> None:
         """Once the weights have their final dtype and device: the solution itself for ``solver lstsq``;
         for SGD from scratch, the intercept at the target's mean."""
+        assert self.exact is not None  # on_train_start calls this only once measured
         hp, optimum = self.hparams, self.exact.optimum
         if hp.solver == "lstsq":
             self.set_coefficients(optimum.coef, optimum.intercept)
@@ -250,7 +277,7 @@ class LinRegModule(L.LightningModule):
 
     @property
     def _minibatch(self) -> bool:
-        data = self.trainer.datamodule if attached(self) else None
+        data = _datamodule(self.trainer) if attached(self) else None
         batch = data.hparams.get("batch_size") if data is not None else None
         return batch is not None and self.exact is not None and batch < self.exact.optimum.n
 
@@ -260,7 +287,7 @@ class LinRegModule(L.LightningModule):
         if self.exact is None:
             return auto_step(0.0, 0.0, hp.lr, hp.momentum, None, 0.0)
         big, small, r2 = self.exact.curvature
-        batch = self.trainer.datamodule.hparams.get("batch_size") if self._minibatch else None
+        batch = _datamodule(self.trainer).hparams.get("batch_size") if self._minibatch else None
         return auto_step(big, small, hp.lr, hp.momentum, batch, r2)
 
     @override
@@ -339,7 +366,8 @@ class LinRegModule(L.LightningModule):
         """
         self.trained = True
         sgd = self.hparams.solver == "sgd"
-        optimizer = self.optimizers() if sgd else None
+        optimizer = self._sgd() if sgd else None
+        total: Tensor | None = None
         for view in batch:
             z, t = self._scaled(view["x"]), self._target(view["y"], view["x"].dtype)
             loss, logged = self._loss(z, t, view, train=True)
@@ -353,7 +381,10 @@ class LinRegModule(L.LightningModule):
                         w.copy_(F.softshrink(w, optimizer.param_groups[0]["lr"] * self.hparams.l1))
                 if self.averaging is not None:
                     self.averaging.update(self.model, self.current_epoch)
-            self.train_sums.update(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            sums = batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            total = sums if total is None else total + sums
+        if total is not None:  # one Metric update per step, for the group's updates together
+            self.train_sums.update(total)
         if not torch.isfinite(logged):  # once per step: NaN and inf carry on through later updates
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
             raise LinRegError(
@@ -420,7 +451,9 @@ class LinRegModule(L.LightningModule):
                     f"far beyond the training data's overflows; no {stage} metrics reported"
                 )
             _, logged = self._loss(z, t, view, train=False)
-            getattr(self, f"{stage}_sums").update(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            getattr(self, f"{stage}_sums").update(
+                batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            )
 
     # -- epoch ends --------------------------------------------------------------------------------
 
@@ -434,12 +467,12 @@ class LinRegModule(L.LightningModule):
         if w.shape == (1, 1) and b is not None:
             values["b"] = b[0]
         if self.hparams.solver == "sgd":
-            values["lr-SGD"] = self.optimizers().param_groups[0]["lr"]
+            values["lr-SGD"] = self._sgd().param_groups[0]["lr"]
             excess = self.gap_to_optimum() if self.exact is not None else math.nan
             if math.isfinite(excess):  # NaN for an exact fit: no relative gap to log (Optimum.exact_fit)
                 values["optimum/excess"] = excess
         self.log_values(values | {"epoch": self.current_epoch})
-        excess = values.get("optimum/excess", float("inf"))
+        excess = float(values.get("optimum/excess", math.inf))
         done = excess <= self.tolerance and self.current_epoch + 1 >= (self.trainer.min_epochs or 0)
         # lstsq: one epoch measures the solution; SGD within --model.tol of the optimum: more change nothing
         if self.hparams.solver == "lstsq" or done:
@@ -456,13 +489,21 @@ class LinRegModule(L.LightningModule):
     def gap_to_optimum(self) -> float:
         """How far the weights the fit would end with now (the running average when averaging) are above
         the optimum, exactly, from the R factor (no pass over the rows)."""
-        lin = self.averaging.module.lin if self.averaging is not None and self.averaging.running else None
-        return self._compared(*self.coefficients(lin)).excess
+        running = self.averaging is not None and self.averaging.running
+        lin = cast(LinearRegression, self.averaging.module).lin if self.averaging is not None and running else None
+        return float(self._compared(*self.coefficients(lin)).excess)
 
-    def _compared(self, coef: Tensor, intercept: Tensor | None, mse: float | None = None) -> Any:
+    def _compared(self, coef: Tensor, intercept: Tensor | None, mse: float | None = None) -> Optimum:
+        assert self.exact is not None  # measured in setup("fit")
         hp = self.hparams
         intercept = intercept if hp.fit_intercept else None
         return self.exact.compared(coef, intercept, bool(hp.l1 or hp.l2), self.scaling, mse)
+
+    def _sgd(self) -> LightningOptimizer:
+        """The one SGD optimizer (``configure_optimizers`` returns one)."""
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)
+        return optimizer
 
     def finish_training(self) -> None:
         """The end of a fit, before its last checkpoint: the model it ends with (the average of the
@@ -484,7 +525,7 @@ class LinRegModule(L.LightningModule):
     def _measure_final(self) -> dict[str, float]:
         """Metrics of the model as saved, one pass over each split's rows (streamed and DDP-merged like
         the epochs): the epoch values are running means over a moving model, taken before each update."""
-        data = self.trainer.datamodule
+        data = _datamodule(self.trainer)
         if not hasattr(data, "exact_batches"):
             return {}
         dtype = self.model.lin.weight.dtype
@@ -494,12 +535,12 @@ class LinRegModule(L.LightningModule):
             batches = data.exact_batches(split=split, purpose=f"the saved model's {split} metrics")
             if not batches:
                 continue
-            sums = RegressionSums(self.hparams.out_features).to(self.device)
+            sums = RegressionSums(self.hparams.out_features, self.trainer.world_size > 1).to(self.device)
             for view in batches.batches():
                 x, y = view["x"].to(self.device, dtype), view["y"].to(self.device)
                 z = self._scaled(x)
                 _, logged = self._loss(z, self._target(y, dtype), view, train=split == "train")
-                sums.update(self._unscale(z), y, self.y_center, logged)
+                sums.update(batch_sums(self._unscale(z), y, self.y_center, logged))
             values |= epoch_values(sums.compute(), split, names)
         return {key: float(value) for key, value in values.items()}
 
@@ -508,7 +549,9 @@ class LinRegModule(L.LightningModule):
         """The optimum and the gap to it, once, at the fit's last step; then the run's hparams row."""
         opt = self.optimum
         if opt is not None and self.logger is not None:
-            self.logger.log_metrics({"optimum/mse": opt.mse, "optimum/excess_mse": opt.excess}, step=self.global_step)
+            values = {"optimum/mse": opt.mse, "optimum/excess_mse": opt.excess}
+            finite = {key: value for key, value in values.items() if math.isfinite(value)}  # none for an exact fit
+            self.logger.log_metrics(finite, step=self.global_step)
         log_hparams(self.trainer, self)
 
     def _epoch_values(self, stage: str) -> dict[str, Tensor | float]:
@@ -516,7 +559,7 @@ class LinRegModule(L.LightningModule):
         sums = getattr(self, f"{stage}_sums")
         if not sums.update_called:
             return {}
-        values = epoch_values(sums.compute(), stage, self.hparams.target_names or default_names("y", sums.sse.numel()))
+        values = epoch_values(sums.compute(), stage, self.hparams.target_names or default_names("y", sums.k))
         sums.reset()
         return values
 
@@ -539,3 +582,8 @@ class LinRegModule(L.LightningModule):
         if attached(self) and self.trainer.state.fn == "fit":
             logged["step"] = torch.as_tensor(float(self.global_step))
         self.log_dict(logged, batch_size=1)
+
+
+def _datamodule(trainer: L.Trainer) -> Any:
+    """The trainer's datamodule (an attribute Lightning sets at run time, invisible to type checkers)."""
+    return getattr(trainer, "datamodule", None)

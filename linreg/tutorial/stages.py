@@ -52,10 +52,12 @@ def stage1_manual_gradient(learning_rate: float = 0.1, n_iters: int = 20) -> His
     history = History(before=forward(5).item(), after=0.0, print_every=1)
     for _ in range(n_iters):
         l = loss(Y, forward(X))  # noqa: E741 (the tutorial's name)
-        l.backward()
+        l.backward()  # type: ignore[no-untyped-call]
+        grad = w.grad
+        assert grad is not None  # backward() just filled it
         with torch.no_grad():
-            w -= w.grad * learning_rate
-        w.grad.zero_()
+            w -= grad * learning_rate
+        grad.zero_()
         history.losses.append(l.item())
         history.weights.append(w.item())
         history.biases.append(0.0)

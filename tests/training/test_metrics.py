@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from linreg.data.datamodule import LinRegData
-from linreg.training.metrics import RegressionSums
+from linreg.training.metrics import RegressionSums, batch_sums
 from linreg.training.module import LinRegModule
 
 
@@ -30,7 +30,7 @@ def test_sums_in_batches_equal_numpy_in_float64(mean: float) -> None:
     sums = RegressionSums(3)
     center = torch.tensor(t.astype(np.float64).mean(0))
     for lo in range(0, 1000, 300):  # uneven batches, as the last batch of an epoch is
-        sums.update(torch.from_numpy(z[lo : lo + 300]), torch.from_numpy(t[lo : lo + 300]), center)
+        sums.update(batch_sums(torch.from_numpy(z[lo : lo + 300]), torch.from_numpy(t[lo : lo + 300]), center))
     got = sums.compute()
     want = _reference(z.astype(np.float64), t.astype(np.float64))
     for key in want:
@@ -41,14 +41,14 @@ def test_sums_in_batches_equal_numpy_in_float64(mean: float) -> None:
 def test_loss_is_the_row_weighted_mean_of_batch_losses() -> None:
     sums = RegressionSums(1)
     zero = torch.zeros(1)
-    sums.update(torch.zeros(5, 1), torch.zeros(5, 1), zero, torch.tensor(2.0))
-    sums.update(torch.zeros(1, 1), torch.zeros(1, 1), zero, torch.tensor(4.0))
+    sums.update(batch_sums(torch.zeros(5, 1), torch.zeros(5, 1), zero, torch.tensor(2.0)))
+    sums.update(batch_sums(torch.zeros(1, 1), torch.zeros(1, 1), zero, torch.tensor(4.0)))
     assert float(sums.compute()["loss"]) == (2.0 * 5 + 4.0) / 6
 
 
 def test_r2_is_undefined_for_one_row_or_a_constant_target() -> None:
     sums = RegressionSums(1)
-    sums.update(torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1))
+    sums.update(batch_sums(torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1)))
     assert torch.isnan(sums.compute()["r2"]).all()
 
 
