@@ -79,7 +79,7 @@ class Sandwich:
         self.meat = total[2:].reshape(self.meat.shape).to(self.meat)
 
 
-def covariance(ls: LeastSquares, optimum: Optimum, sandwich: Sandwich | None = None) -> tuple[Optimum, dict | None]:
+def covariance(ls: LeastSquares, optimum: Optimum, sandwich: Sandwich | None = None) -> tuple[Optimum, dict[str, Any]]:
     """The parameters' covariance (non-robust, or the sandwich's), the optimum with its inference
     from it, and what ``intervals`` needs (plain tensors and values: it travels in the checkpoint).
 

@@ -56,7 +56,8 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         super().__init__(write_interval="batch")
         self.output, self.target_names = Path(output), target_names
-        self.level, self._covariance = interval, None
+        self.level = interval
+        self._covariance: dict[str, Any] | None = None
         parts = ("", "_mean_lower", "_mean_upper", "_lower", "_upper") if interval is not None else ("",)
         self.columns = [f"{t}{part}" for t in target_names for part in parts]  # the values' columns, in order
         self.ids, self.id_column, self.overwrite = ids, id_column, overwrite
@@ -122,7 +123,7 @@ class PredictionWriter(BasePredictionWriter):
         if not np.isfinite(pred).all():
             raise LinRegError("the model produced non-finite predictions; no output written")
         self._rows += len(index)
-        if self._covariance is not None:
+        if self._covariance is not None and self.level is not None:
             x = np.concatenate([view["x"].detach().double().cpu().numpy() for view in batch])
             bounds = interval_columns(self._covariance, x, pred, self.level)
             pred = np.stack([pred] + [bounds[key] for key in ("mean_lower", "mean_upper", "lower", "upper")], axis=2)
@@ -238,7 +239,7 @@ def _covariance(module: L.LightningModule) -> dict[str, Any]:
             "least-squares solution (statsmodels' get_prediction), whose weights SGD only approaches. Refit "
             "with --model.solver lstsq (and --model.cov_type HC0..HC3 for robust ones)"
         )
-    state = getattr(module, "intervals", None)
+    state: dict[str, Any] | None = getattr(module, "intervals", None)
     if state is None:
         raise LinRegError(
             "--interval: this checkpoint holds no parameter covariance (written by a linreg that did not "
