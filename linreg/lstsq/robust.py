@@ -81,7 +81,7 @@ class Sandwich:
 
 def covariance(ls: LeastSquares, optimum: Optimum, sandwich: Sandwich | None = None) -> tuple[Optimum, dict[str, Any]]:
     """The parameters' covariance (non-robust, or the sandwich's), the optimum with its inference
-    from it, and what ``intervals`` needs (plain tensors and values: it travels in the checkpoint).
+    from it, and what ``interval_columns`` needs (plain tensors and values: it travels in the checkpoint).
 
     Without inference (penalties, collinear columns, too few rows) there is no covariance: the dict
     then holds only the reason, ``note``."""
