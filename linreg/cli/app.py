@@ -142,6 +142,14 @@ class LinRegCLI(LightningCLI):
                 help="write predictions here (.csv or .parquet), one row per input row",
             )
             parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing --output")
+            parser.add_argument(
+                "--interval",
+                type=float | None,
+                default=None,
+                help="also write each target's confidence interval of the mean (<target>_mean_lower, "
+                "_mean_upper) and prediction interval (<target>_lower, _upper) at this level, e.g. 0.95, as "
+                "statsmodels' get_prediction; for fits by --model.solver lstsq (--model.cov_type honoured)",
+            )
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -211,6 +219,11 @@ class LinRegCLI(LightningCLI):
         if self.subcommand == "predict":
             cfg.trainer.logger = False  # a predict run writes its file, not a log folder
             cfg.return_predictions = False  # the writer streams them to the file; holding them costs memory
+            level = cfg.get("interval")
+            if level is not None and not 0 < level < 1:
+                raise LinRegError(f"--interval must be a level between 0 and 1, e.g. 0.95, got {level}")
+            if level is not None and not cfg.get("output"):
+                raise LinRegError("--interval needs --output FILE (.csv or .parquet) to write the intervals to")
             if cfg.get("output"):
                 inputs = [cfg.data.get("path")] if cfg.data.get("path") else []
                 check_output(cfg.output, cfg.overwrite, inputs=inputs)
@@ -273,6 +286,7 @@ class LinRegCLI(LightningCLI):
                     self.datamodule.predict_ids,
                     self.datamodule.id_column,
                     overwrite=cfg.overwrite,
+                    interval=cfg.get("interval"),
                 )
             )
 

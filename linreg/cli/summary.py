@@ -76,6 +76,7 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             "unique": getattr(opt, "unique", True),
             "collinear": list(getattr(opt, "collinear", [])),
             "inference_note": inference_note,
+            "cov_type": getattr(opt, "cov_type", "nonrobust"),
         },
         "sgd": None
         if hp.solver != "sgd"
@@ -191,8 +192,10 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
             lines.append(f"  {name:<15} {s['metrics'][name]:.6g}")
     fitted = "sgd" if s["solver"] == "sgd" else "lstsq"
     header = f"  {'target':<10} {'term':<16} {fitted:>14} {'closed form':>14}"
+    robust = s["optimum"] is not None and s["optimum"]["cov_type"] != "nonrobust"
+    stat = "z" if robust else "t"  # statsmodels' robust covariances go with the normal distribution
     if any(d["inference"] for d in s["targets"].values()):  # a column only when it has values
-        header += f" {'std err':>11} {'t':>9} {'p>|t|':>9}  {'95% interval':>25}"
+        header += f" {'std err':>11} {stat:>9} {f'p>|{stat}|':>9}  {'95% interval':>25}"
     lines.append(header)
     nan = float("nan")
     for t, d in s["targets"].items():
@@ -214,6 +217,13 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
                 f"  {t:<10} residual std err {inf['sigma']:.6g} on {inf['df_resid']} df; "
                 f"R² {inf['r2']:.6g}, adjusted R² {inf['r2_adj']:.6g}"
             )
+    if any(d["inference"] for d in s["targets"].values()):
+        cov = s["optimum"]["cov_type"]
+        lines.append(
+            f"  covariance: {cov}, heteroscedasticity-robust; z and p from the normal distribution (as statsmodels)"
+            if robust
+            else "  covariance: nonrobust (constant error variance); t and p from Student's t"
+        )
     if len(s["features"]) == 1 and len(s["targets"]) == 1:
         t = next(iter(s["targets"]))
         w, b = s["targets"][t]["fitted"]["coef"][s["features"][0]], s["targets"][t]["fitted"]["intercept"]

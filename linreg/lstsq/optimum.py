@@ -28,6 +28,7 @@ class Optimum:
     dropped: list[list[str]] = field(default_factory=list)  # per target: features the lasso set to exactly 0
     inference: list[dict[str, Any]] | None = None  # per target, OLS inference; None when it does not apply
     inference_note: str | None = None  # why inference is None
+    cov_type: str = "nonrobust"  # the inference's covariance: nonrobust, or HC0-HC3 (linreg.lstsq.robust)
     penalized: bool = False  # mse and sgd_mse hold the penalized objective (see ExactSolution.compared)
 
     @property

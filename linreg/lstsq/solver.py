@@ -246,16 +246,24 @@ class LeastSquares:
         the SGD model's, to set against ``Optimum.objective``. Exact from R, without another pass over the rows."""
         if self.rows == 0:
             raise ValueError("no rows to fit")
-        R, s_x, s_y, c_x, c_y = self._numpy()
-        coef = np.asarray(torch.as_tensor(coef).detach().cpu(), dtype=np.float64).reshape(self.k, self.d)
-        gamma = coef.T * c_x[:, None] / c_y
+        R, _, _, _, c_y = self._numpy()
+        gamma = self.design_coefficients(coef, intercept)
+        weights = np.asarray(torch.as_tensor(coef).detach().cpu(), dtype=np.float64).reshape(self.k, self.d)
+        sx, sy = _scales(x_scale, self.d), _scales(y_scale, self.k)
+        return self._objective(_rss(R, gamma) * c_y**2, weights * sx / sy[:, None], sy)
+
+    def design_coefficients(self, coef: Tensor, intercept: Tensor | None) -> np.ndarray:
+        """Coefficients in original units (k × d, k) in R's coordinates (p × k, the ones column first):
+        the rows' residuals there are the targets' columns of A minus A's design block times these."""
+        _, s_x, s_y, c_x, c_y = self._numpy()
+        w = np.asarray(torch.as_tensor(coef).detach().cpu(), dtype=np.float64).reshape(self.k, self.d)
+        gamma: np.ndarray = w.T * c_x[:, None] / c_y
         if self.fit_intercept:
             b0 = np.zeros(self.k) if intercept is None else _scales(intercept, self.k)
-            gamma = np.vstack([(b0 - s_y + coef @ s_x) / c_y, gamma])
-        elif intercept is not None and bool(torch.as_tensor(intercept).ne(0).any()):
+            return np.vstack([(b0 - s_y + w @ s_x) / c_y, gamma])
+        if intercept is not None and bool(torch.as_tensor(intercept).ne(0).any()):
             raise ValueError("an intercept for a fit without one")
-        sx, sy = _scales(x_scale, self.d), _scales(y_scale, self.k)
-        return self._objective(_rss(R, gamma) * c_y**2, coef * sx / sy[:, None], sy)
+        return gamma
 
     def polish(
         self, coef: Tensor, x_scale: Tensor | None = None, y_scale: Tensor | None = None

@@ -5,6 +5,8 @@ rows as the file holds them (``LinRegData.exact_batches``), the ranks' R factors
 solution (``linreg.lstsq``). From it the module takes the automatic step and momentum, the weights
 themselves for ``--model.solver lstsq``, the gap to the optimum after every epoch and the stopping rule.
 The R factor gives any coefficients' training objective exactly, so none of that needs another pass.
+Robust standard errors (``--model.cov_type HC0..HC3``) do: each row's residual and leverage, so a
+second pass with the solution sums the covariance's meat (``linreg.lstsq.robust``), the ranks' added.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 
 from linreg.lstsq import LeastSquares, Optimum
+from linreg.lstsq.robust import Sandwich, covariance
 from linreg.lstsq.step import curvature
 
 
@@ -33,30 +36,47 @@ class ExactSolution:
     """The optimum, the R factor it came from, and the loss's curvature (largest, smallest eigenvalue,
     mean squared row norm) in the model's coordinates."""
 
-    def __init__(self, least_squares: LeastSquares, optimum: Optimum, curvature: tuple[float, float, float]) -> None:
+    def __init__(
+        self,
+        least_squares: LeastSquares,
+        optimum: Optimum,
+        curvature: tuple[float, float, float],
+        intervals: dict[str, Any] | None = None,
+    ) -> None:
         self.least_squares, self.optimum, self.curvature = least_squares, optimum, curvature
+        self.intervals = intervals  # the parameters' covariance and what else ``predict --interval`` needs
 
     @classmethod
     def measure(
         cls,
-        views: Iterable[dict[str, Any]],
+        rows: Callable[[str], Iterable[dict[str, Any]]],
         hp: Any,
         scaling: Scaling,
         device: torch.device,
         gather: Callable[[Tensor], Tensor] | None,
     ) -> ExactSolution:
-        """One pass over this rank's training rows; ``gather``: the strategy's all_gather under DDP."""
+        """One pass over this rank's training rows (``rows(purpose)``: a fresh pass, its batches), a second
+        one for a robust covariance; ``gather``: the strategy's all_gather under DDP."""
         ls = LeastSquares(hp.in_features, hp.out_features, hp.fit_intercept, hp.l2, hp.l1, device=device)
-        for view in views:
+        for view in rows("least squares"):
             ls.update(view["x"].to(device), view["y"].to(device))
         if gather is not None:
             ls.all_gather(gather)
         optimum = ls.solve(hp.feature_names, scaling.x_scale, scaling.y_scale)
+        sandwich = None
+        cov_type = getattr(hp, "cov_type", "nonrobust")
+        if cov_type != "nonrobust" and optimum.inference is not None:
+            sandwich = Sandwich(ls, optimum, cov_type)
+            for view in rows(f"{cov_type} standard errors"):
+                sandwich.update(view["x"].to(device), view["y"].to(device))
+            if gather is not None:
+                sandwich.all_gather(gather)
+        optimum, intervals = covariance(ls, optimum, sandwich)
         d = hp.in_features
         x_mean = scaling.x_mean if scaling.x_mean is not None else torch.zeros(d, dtype=torch.float64)
         x_scale = scaling.x_scale if scaling.x_scale is not None else torch.ones(d, dtype=torch.float64)
         shape = curvature(ls.gram(x_mean, x_scale), optimum.n, hp.out_features, hp.l2, d)
-        return cls(ls, optimum, shape)
+        return cls(ls, optimum, shape, intervals)
 
     @property
     def condition_number(self) -> float | None:

@@ -27,6 +27,7 @@ from linreg.data.tables import default_names
 from linreg.errors import LinRegError
 from linreg.lightning_private import attached
 from linreg.lstsq import Optimum, auto_step
+from linreg.lstsq.robust import COV_TYPES
 from linreg.model import LinearRegression
 from linreg.training import coefficients as coef_units
 from linreg.training.averaging import TailAverage
@@ -42,6 +43,7 @@ from linreg.training.metrics import (
 )
 
 Solver = Literal["sgd", "lstsq"]
+CovType = Literal["nonrobust", "HC0", "HC1", "HC2", "HC3"]
 Auto = Literal["auto"]
 
 
@@ -80,6 +82,10 @@ class LinRegModule(L.LightningModule):
         standardize: features are standardized with training statistics (from the data).
         standardize_target: targets too (from the data).
         log_step_loss: also log the loss at every step (off by default: one point per epoch is cheap).
+        cov_type: the closed form's standard errors: ``nonrobust`` (constant error variance, Student's t)
+            or heteroscedasticity-robust ``HC0``, ``HC1``, ``HC2``, ``HC3`` (White's sandwich and its
+            corrections, with the normal distribution, as statsmodels' ``fit(cov_type=...)``; one more
+            pass over the training rows). ``predict --interval`` honours it.
     """
 
     # Buffers, registered in __init__ (nn.Module's __getattr__ would type them Tensor | Module).
@@ -107,6 +113,7 @@ class LinRegModule(L.LightningModule):
         standardize: bool = False,
         standardize_target: bool = False,
         log_step_loss: bool = False,
+        cov_type: CovType = "nonrobust",
     ) -> None:
         super().__init__()
         if lr != "auto" and lr <= 0:
@@ -118,6 +125,8 @@ class LinRegModule(L.LightningModule):
                 raise LinRegError(f"--model.{name} must be at least 0, got {value}")
         if tol != "auto" and tol < 0:
             raise LinRegError(f"--model.tol must be at least 0 or auto, got {tol}")
+        if cov_type not in COV_TYPES:
+            raise LinRegError(f"--model.cov_type must be one of {', '.join(COV_TYPES)}, got {cov_type!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False  # several updates per Lightning step: see training_step
         self.model = LinearRegression(in_features, out_features, bias=fit_intercept)
@@ -136,6 +145,7 @@ class LinRegModule(L.LightningModule):
         self.averaged = AveragedModel(self.model).requires_grad_(False) if average is not False else None
         self.averaging = TailAverage(self.averaged) if self.averaged is not None else None
         self.exact: ExactSolution | None = None  # measured in setup("fit"), before the optimizer exists
+        self.intervals: dict[str, Any] | None = None  # predict --interval's covariance, from the checkpoint
         self._final: Any = None  # the optimum compared with the model the fit ended with
         self.final_metrics: dict[str, float] = {}  # the saved model's train/val metrics (finish_training)
         self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
@@ -238,10 +248,13 @@ class LinRegModule(L.LightningModule):
     def _measure_optimum(self, data: Any) -> None:
         """The exact solution, before the optimizer exists (its step comes from it), and averaging's start."""
         trainer, hp = self.trainer, self.hparams
-        batches = data.exact_batches()
-        views = batches.batches() if batches else []
+
+        def rows(purpose: str) -> Any:  # one pass over the training rows; a robust covariance takes two
+            batches = data.exact_batches(purpose=purpose)
+            return batches.batches() if batches else []
+
         gather = trainer.strategy.all_gather if trainer.world_size > 1 else None
-        self.exact = ExactSolution.measure(views, hp, self.scaling, trainer.strategy.root_device, gather)
+        self.exact = ExactSolution.measure(rows, hp, self.scaling, trainer.strategy.root_device, gather)
         average = hp.average if hp.average != "auto" else self._minibatch and hp.lr == "auto"
         if hp.solver == "sgd" and average and self.averaging is not None:
             epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
@@ -317,11 +330,16 @@ class LinRegModule(L.LightningModule):
         adopt_metric_states(state, self.state_dict())
         if self.averaging is not None:
             self.averaging.restore(checkpoint.get("linreg_averaging"))
+        self.intervals = checkpoint.get("linreg_intervals")
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Averaging's state beyond the averaged weights (see ``TailAverage``)."""
+        """Averaging's state beyond the averaged weights (see ``TailAverage``); the closed form's covariance
+        (``linreg.lstsq.robust``), which ``predict --interval`` needs and no pass over other rows could give."""
         checkpoint["linreg_averaging"] = self.averaging.state() if self.averaging is not None else {}
+        if self.exact is not None:
+            self.intervals = self.exact.intervals
+        checkpoint["linreg_intervals"] = self.intervals
         checkpoint["linreg_final_metrics"] = dict(self.final_metrics)
 
     @override

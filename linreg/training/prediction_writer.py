@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from linreg.errors import LinRegError
 from linreg.io import publish, temporary, writing
+from linreg.lstsq.robust import interval_columns
 
 
 class PredictionStopped(Exception):
@@ -37,6 +38,11 @@ class PredictionWriter(BasePredictionWriter):
 
     Values are written as float64, which holds every float32 exactly: float32's shortest text
     ("3.355513e+07") reads back as another number (33555130, not 33555128) in a float64 CSV reader.
+
+    With ``interval`` (a level, e.g. 0.95) each target's column is followed by ``<target>_mean_lower``,
+    ``_mean_upper`` (the mean's confidence interval) and ``_lower``, ``_upper`` (a new observation's
+    prediction interval), statsmodels' ``get_prediction(x).summary_frame(alpha=1 − level)``, from the
+    covariance the exact solver stored in the checkpoint (``linreg.lstsq.robust``).
     """
 
     def __init__(
@@ -46,9 +52,14 @@ class PredictionWriter(BasePredictionWriter):
         ids: np.ndarray | None = None,
         id_column: str | None = None,
         overwrite: bool = False,
+        interval: float | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output, self.target_names = Path(output), target_names
+        self.level = interval
+        self._covariance: dict[str, Any] | None = None
+        parts = ("", "_mean_lower", "_mean_upper", "_lower", "_upper") if interval is not None else ("",)
+        self.columns = [f"{t}{part}" for t in target_names for part in parts]  # the values' columns, in order
         self.ids, self.id_column, self.overwrite = ids, id_column, overwrite
         self._out: _TableFile | None = None
         self._part: _TableFile | None = None
@@ -64,6 +75,8 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.output.exists() and not self.overwrite:
             raise LinRegError(f"{self.output} already exists; pass --overwrite true to replace it")
+        if self.level is not None:
+            self._covariance = _covariance(pl_module)
         if trainer.world_size > 1:
             self._part = _TableFile(self._part_path(trainer.global_rank), ".parquet")
         else:
@@ -110,6 +123,11 @@ class PredictionWriter(BasePredictionWriter):
         if not np.isfinite(pred).all():
             raise LinRegError("the model produced non-finite predictions; no output written")
         self._rows += len(index)
+        if self._covariance is not None and self.level is not None:
+            x = np.concatenate([view["x"].detach().double().cpu().numpy() for view in batch])
+            bounds = interval_columns(self._covariance, x, pred, self.level)
+            pred = np.stack([pred] + [bounds[key] for key in ("mean_lower", "mean_upper", "lower", "upper")], axis=2)
+            pred = pred.reshape(len(index), len(self.columns))  # per target: its prediction, then its four bounds
         if self._part is not None:
             self._part.write(self._columns(index, pred, with_index=True))
             return
@@ -129,7 +147,7 @@ class PredictionWriter(BasePredictionWriter):
             if self._id_type is None:  # from the whole column: a first batch of missing ids would say "null"
                 self._id_type = pa.array(self.ids, from_pandas=True).type
             columns[self.id_column] = pa.array(self.ids[index], type=self._id_type, from_pandas=True)
-        columns |= {name: pred[:, j] for j, name in enumerate(self.target_names)}
+        columns |= {name: pred[:, j] for j, name in enumerate(self.columns)}
         return columns
 
     @override
@@ -187,7 +205,7 @@ class PredictionWriter(BasePredictionWriter):
                     break
                 index, table = heads[owner]
                 run = int(np.argmax(index != np.arange(self._next, self._next + len(index)))) or len(index)
-                pred = np.column_stack([table.column(t).to_numpy() for t in self.target_names])[:run]
+                pred = np.column_stack([table.column(t).to_numpy() for t in self.columns])[:run]
                 self._check_order(index[:run])
                 self._out.write(self._columns(index[:run], pred))
                 heads[owner] = (index[run:], table.slice(run))
@@ -210,6 +228,26 @@ class PredictionWriter(BasePredictionWriter):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_signals()
         self._running = None
+
+
+def _covariance(module: L.LightningModule) -> dict[str, Any]:
+    """What the fit stored for ``--interval`` (``linreg.lstsq.robust.covariance``), or why there is none."""
+    hp = module.hparams
+    if hp.get("solver") != "lstsq":
+        raise LinRegError(
+            "--interval: this checkpoint's model was trained by SGD; the intervals are those of the exact "
+            "least-squares solution (statsmodels' get_prediction), whose weights SGD only approaches. Refit "
+            "with --model.solver lstsq (and --model.cov_type HC0..HC3 for robust ones)"
+        )
+    state: dict[str, Any] | None = getattr(module, "intervals", None)
+    if state is None:
+        raise LinRegError(
+            "--interval: this checkpoint holds no parameter covariance (written by a linreg that did not "
+            "store it); refit it with --model.solver lstsq"
+        )
+    if "cov" not in state:
+        raise LinRegError(f"--interval: the fit has no standard errors, so no intervals: {state['note']}")
+    return state
 
 
 def _expected_rows(trainer: L.Trainer) -> int:
