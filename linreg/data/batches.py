@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from linreg.data.tables import Rows
+from linreg.data.rows import Rows
 from linreg.errors import LinRegError
 
 Shuffle = Literal["blocks", "rows", "none"]

@@ -19,19 +19,10 @@ from torch import Tensor
 from typing_extensions import override
 
 from linreg.data.batches import Batches, Shuffle
-from linreg.data.streams import Progress, StreamRows
-from linreg.data.tables import (
-    CHUNK_ROWS,
-    RecordRows,
-    Rows,
-    Table,
-    default_names,
-    fingerprint,
-    fingerprint_change,
-    mean_scale,
-    read_table,
-    unnamed,
-)
+from linreg.data.progress import Progress
+from linreg.data.rows import CHUNK_ROWS, RecordRows, Rows, mean_scale
+from linreg.data.streams import StreamRows
+from linreg.data.tables import Table, default_names, fingerprint, fingerprint_change, read_table, unnamed
 from linreg.errors import LinRegError
 from linreg.tutorial.data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 

@@ -6,9 +6,7 @@ that turns a parser's complaint into a ``LinRegError`` naming the file, the colu
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import mmap
 import os
 import re
 from collections.abc import Sequence
@@ -19,7 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from linreg.data.streams import CSV, Progress, Source, StreamRows, check_finite, expand, reason
+from linreg.data.checks import check_finite, reason
+from linreg.data.files import CSV, expand
+from linreg.data.rows import CHUNK_ROWS, RecordRows
+from linreg.data.source import Source
 from linreg.errors import LinRegError
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ class Table:
         names = list(names)
         self._check_columns(names)
         if self.stream is not None:
-            self.stream.keep_decoded = True  # the check's decoded rows serve every later pass (streams._Decoded)
+            self.stream.keep_decoded = True  # the check's decoded rows serve every later pass (decoded.Decoded)
             self.stream.check(names, fit_float32 or dtype == torch.float32)
             self.n_rows = self.stream.n_rows
             return self.stream.rows(names, dtype or self.stream.stored_dtype(names))
@@ -213,59 +214,6 @@ def _hint(message: str) -> str:
     """How to fix a cell like "1,234", which a person reads as a number and a parser does not."""
     cell = re.search(r": '(.*)'\)$", message)
     return "; write numbers without thousands separators" if cell and THOUSANDS.fullmatch(cell[1]) else ""
-
-
-CHUNK_ROWS = 1 << 13  # small chunks: bigger temporaries stay cached by the allocator (measured)
-
-
-class RecordRows:
-    """Rows of a memory-mapped structured ``.npy`` as tensors of one dtype, read slice by slice on demand.
-
-    Pages a slice touched are handed back to the kernel (``MADV_DONTNEED``) once copied out, so the
-    process's resident memory stays at about one batch however large the file: a plain memory map
-    would keep every page it ever read resident, and a pass over the file would cost its whole size.
-    """
-
-    def __init__(self, records: np.ndarray, names: Sequence[str], dtype: torch.dtype = torch.float32) -> None:
-        self.records, self.names, self.dtype = records, list(names), dtype
-        self._np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        self.shape = (records.shape[0], len(self.names))
-        fields = records.dtype.fields
-        # All-float32 packed records read as one 2-D view; anything else field by field.
-        self._packed = all(
-            fields[n][0] == np.float32 for n in records.dtype.names
-        ) and records.dtype.itemsize == 4 * len(fields)
-        self._cols = [records.dtype.names.index(n) for n in self.names]
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: slice | np.ndarray) -> Tensor:
-        chunk = self.records[rows]
-        if self._packed:
-            flat = np.asarray(chunk).view(np.float32).reshape(chunk.shape[0], len(self.records.dtype.names))
-            out = np.ascontiguousarray(flat[:, self._cols], dtype=self._np_dtype)
-        else:
-            out = np.empty((chunk.shape[0], len(self.names)), dtype=self._np_dtype)
-            for j, name in enumerate(self.names):
-                out[:, j] = chunk[name]
-        if isinstance(rows, slice):
-            self._release(*rows.indices(self.shape[0])[:2])
-        return torch.from_numpy(out)
-
-    def _release(self, start: int, stop: int) -> None:
-        mapping = getattr(self.records, "_mmap", None)
-        if mapping is None or not hasattr(mmap, "MADV_DONTNEED") or stop <= start:
-            return
-        base = self.records.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 sits in the mapping
-        lo = base + start * self.records.itemsize
-        hi = min(base + stop * self.records.itemsize, len(mapping))
-        lo -= lo % mmap.PAGESIZE
-        mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-    def index_select(self, dim: int, index: Tensor) -> Tensor:
-        """Rows in the given order (the per-row shuffle): random reads, so slow on disk."""
-        return self[index.numpy()]
 
 
 STREAM_BYTES = 1 << 30  # auto streams a file larger than this (or than an eighth of physical memory)
@@ -462,29 +410,3 @@ def _read_npy(p: Path) -> Table:
             f"(got dtype {records.dtype}, shape {records.shape})"
         )
     return Table(str(p), records=records, implied_targets=["y"] if "y" in records.dtype.names else [])
-
-
-Rows = Tensor | RecordRows | StreamRows
-
-
-def mean_scale(x: Rows) -> tuple[Tensor, Tensor]:
-    """Column means and standard deviations (population) in float64, chunk by chunk; 0 becomes 1.
-
-    Sums are taken around the first chunk's mean, so a column like a year (mean 1950, spread 5)
-    or a target near 1e6 keeps its spread instead of losing it to cancellation.
-    """
-    shift = x[0:CHUNK_ROWS].double().mean(0)
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
-    squares = torch.zeros(x.shape[1], dtype=torch.float64)
-    streamed = isinstance(x, StreamRows)
-    what = f"statistics of {x.shape[1]} column(s) of {x.source.path}" if streamed else ""
-    with Progress(what, x.shape[0]) if streamed else contextlib.nullcontext() as progress:
-        for start in range(0, x.shape[0], CHUNK_ROWS):
-            chunk = x[start : start + CHUNK_ROWS].double() - shift
-            total += chunk.sum(0)
-            squares += (chunk * chunk).sum(0)
-            if progress is not None:
-                progress.update(chunk.shape[0])
-    mean = total / x.shape[0]
-    std = (squares / x.shape[0] - mean * mean).clamp_min(0).sqrt()
-    return shift + mean, torch.where(std > 0, std, torch.ones_like(std))
