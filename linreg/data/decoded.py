@@ -62,7 +62,7 @@ class Decoded:
         """Group ``k``'s rows (row-major, this store's dtype), starting at row ``first``."""
         if self.file is None:
             return
-        data, offset = memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B"), first * self.row_bytes
+        data, offset = np.ascontiguousarray(block, dtype=self.dtype).data.cast("B"), first * self.row_bytes
         try:
             while data:
                 written = os.pwrite(self.file.fileno(), data, offset)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,13 +29,13 @@ class RecordRows:
     def __init__(self, records: np.ndarray, names: Sequence[str], dtype: torch.dtype = torch.float32) -> None:
         self.records, self.names, self.dtype = records, list(names), dtype
         self._np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        self.shape = (records.shape[0], len(self.names))
-        fields = records.dtype.fields
+        self.shape: tuple[int, int] = (records.shape[0], len(self.names))
+        fields = field_names(records)
+        self._width = len(fields)
         # All-float32 packed records read as one 2-D view; anything else field by field.
-        self._packed = all(
-            fields[n][0] == np.float32 for n in records.dtype.names
-        ) and records.dtype.itemsize == 4 * len(fields)
-        self._cols = [records.dtype.names.index(n) for n in self.names]
+        single = all(field_dtype(records, n) == np.float32 for n in fields)
+        self._packed = single and records.dtype.itemsize == 4 * len(fields)
+        self._cols = [fields.index(n) for n in self.names]
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -42,7 +43,7 @@ class RecordRows:
     def __getitem__(self, rows: slice | np.ndarray) -> Tensor:
         chunk = self.records[rows]
         if self._packed:
-            flat = np.asarray(chunk).view(np.float32).reshape(chunk.shape[0], len(self.records.dtype.names))
+            flat = np.asarray(chunk).view(np.float32).reshape(chunk.shape[0], self._width)
             out = np.ascontiguousarray(flat[:, self._cols], dtype=self._np_dtype)
         else:
             out = np.empty((chunk.shape[0], len(self.names)), dtype=self._np_dtype)
@@ -54,7 +55,12 @@ class RecordRows:
 
     def _release(self, start: int, stop: int) -> None:
         mapping = getattr(self.records, "_mmap", None)
-        if mapping is None or not hasattr(mmap, "MADV_DONTNEED") or stop <= start:
+        if (
+            not isinstance(self.records, np.memmap)
+            or mapping is None
+            or not hasattr(mmap, "MADV_DONTNEED")
+            or stop <= start
+        ):
             return
         base = self.records.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 sits in the mapping
         lo = base + start * self.records.itemsize
@@ -70,6 +76,20 @@ class RecordRows:
 Rows = Tensor | RecordRows | StreamRows
 
 
+def field_names(records: np.ndarray) -> tuple[str, ...]:
+    """A structured array's field names: the table's columns (``read_table`` refuses an ``.npy`` without)."""
+    names = records.dtype.names
+    assert names is not None, "a structured array"
+    return names
+
+
+def field_dtype(records: np.ndarray, name: str) -> np.dtype[Any]:
+    """The type a structured array stores field ``name`` as."""
+    fields = records.dtype.fields
+    assert fields is not None, "a structured array"
+    return fields[name][0]
+
+
 def mean_scale(x: Rows) -> tuple[Tensor, Tensor]:
     """Column means and standard deviations (population) in float64, chunk by chunk; 0 becomes 1.
 
@@ -79,9 +99,12 @@ def mean_scale(x: Rows) -> tuple[Tensor, Tensor]:
     shift = x[0:CHUNK_ROWS].double().mean(0)
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros(x.shape[1], dtype=torch.float64)
-    streamed = isinstance(x, StreamRows)
-    what = f"statistics of {x.shape[1]} column(s) of {x.source.path}" if streamed else ""
-    with Progress(what, x.shape[0]) if streamed else contextlib.nullcontext() as progress:
+    progress = (
+        Progress(f"statistics of {x.shape[1]} column(s) of {x.source.path}", x.shape[0])
+        if isinstance(x, StreamRows)
+        else None
+    )
+    with progress if progress is not None else contextlib.nullcontext():
         for start in range(0, x.shape[0], CHUNK_ROWS):
             chunk = x[start : start + CHUNK_ROWS].double() - shift
             total += chunk.sum(0)

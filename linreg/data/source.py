@@ -1,6 +1,9 @@
 """Reading a streamed table's files: Parquet by row group, CSV front to back, and the one pass that checks
 every value (and counts a CSV's rows).
 
+One file over 300 lines because every ``Source`` method reads through the same state: the files as
+listed and stat'ed, the few Parquet files kept open, the CSV read options, and the decoded rows kept.
+
 Never imports Lightning; ``streams.StreamRows`` serves row ranges from a ``Source``.
 """
 
@@ -167,7 +170,7 @@ class Source:
     def is_numeric(self, name: str) -> bool:
         t = self.schema.field(name).type
         pa = self._pa
-        return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
+        return bool(pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t))
 
     def is_floating(self, name: str) -> bool:
         return all(self._pa.types.is_floating(schema.field(name).type) for schema in self._schemas)
@@ -266,7 +269,7 @@ class Source:
         for i, file in enumerate(self.files):
             try:
                 if self.kind == "parquet":
-                    values = self.read_group(i, 0, [name]).column(0) if self.groups[i] else []
+                    values: Any = self.read_group(i, 0, [name]).column(0) if self.groups[i] else []
                 else:
                     convert = pc.ConvertOptions(include_columns=[name])
                     with pc.open_csv(file, read_options=self._csv_options(CSV_BLOCK), convert_options=convert) as r:
@@ -277,7 +280,8 @@ class Source:
             except Exception as exc:
                 raise LinRegError(f"{file}: cannot read column {name!r}: {reason(exc)}") from exc
             if len(values):
-                return values.to_numpy(zero_copy_only=False)
+                first: np.ndarray = values.to_numpy(zero_copy_only=False)
+                return first
         return np.array([])
 
     def first_text(self, name: str) -> str | None:
@@ -315,7 +319,8 @@ class Source:
         types = {p.type for p in parts}
         if len(types) > 1:
             parts = [p.cast(pa.string()) for p in parts]
-        return pa.chunked_array(parts).to_numpy(zero_copy_only=False)
+        whole: np.ndarray = pa.chunked_array(parts).to_numpy(zero_copy_only=False)
+        return whole
 
     # -- reading a range --------------------------------------------------------------------------
 

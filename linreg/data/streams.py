@@ -12,6 +12,7 @@ Lightning; ``tables.read_table`` decides what streams.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ class StreamRows:
         self.source, self.names, self.dtype = source, list(names), dtype
         self.shape = (source.n_rows, len(self.names))
         self._np = np.float32 if dtype == torch.float32 else np.float64
-        self._starts = np.concatenate([[0], np.cumsum(source.counts)]).tolist()  # first row of each file
+        self._starts = list(itertools.accumulate(source.counts or [], initial=0))  # first row of each file
         self._cache: list[tuple[Any, int, list[np.ndarray]]] = []  # (key, first row, columns) of the last blocks
         self._csv: tuple[int, Iterator[np.ndarray], int] | None = None  # (file, blocks, next row) of the CSV scan
         self._decoded: Decoded | None = None
@@ -97,7 +98,8 @@ class StreamRows:
             # Arrow's own memory where it can (float columns without nulls): no copy until the batch.
             columns = [table.column(name).to_numpy(zero_copy_only=False) for name in self.names]
             self._keep((self._group_keys[k], self._group_starts[k], columns))
-            self._decoded.put(k, self._group_starts[k], columns)
+            if self._decoded is not None:  # always, for Parquet
+                self._decoded.put(k, self._group_starts[k], columns)
         else:
             file = bisect.bisect_right(self._starts, row) - 1
             if self._csv is None or self._csv[0] != file or self._csv[2] > row:

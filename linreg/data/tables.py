@@ -1,5 +1,8 @@
 """Tables as input: reading CSV, Parquet, NPZ and structured ``.npy`` files, and checking every value.
 
+One file over 300 lines because ``Table`` and its readers change together: each reader fills one of
+Table's four stores (frame, arrays, records, stream), and every Table method switches on them.
+
 Nothing here knows about Lightning: this is the layer a user's file meets first, and the only one
 that turns a parser's complaint into a ``LinRegError`` naming the file, the column and the row.
 """
@@ -11,15 +14,14 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from linreg.data.checks import check_finite, reason
 from linreg.data.files import CSV, expand
-from linreg.data.rows import CHUNK_ROWS, RecordRows
+from linreg.data.rows import CHUNK_ROWS, RecordRows, Rows, field_dtype, field_names
 from linreg.data.source import Source
 from linreg.errors import LinRegError
 
@@ -84,17 +86,19 @@ class Table:
             self.n_rows = next(iter(arrays.values()))[0].shape[0] if arrays else 0
         else:
             assert records is not None
-            self.columns = list(records.dtype.names)
+            self.columns = list(field_names(records))
             self.n_rows = records.shape[0]
         if stream is None and self.n_rows == 0:
             raise LinRegError(f"{source}: no data rows (columns {self.columns}, but no rows under them)")
 
-    def _dtype(self, name: str) -> np.dtype:
+    def _dtype(self, name: str) -> Any:
+        """A numpy dtype, or for a frame's column possibly a pandas extension dtype (nullable Int64)."""
         if self.frame is not None:
             return self.frame[name].dtype
         if self.arrays is not None:
             return self.arrays[name][0].dtype
-        return self.records.dtype.fields[name][0]
+        assert self.records is not None
+        return field_dtype(self.records, name)
 
     def is_numeric(self, name: str) -> bool:
         if self.stream is not None:
@@ -106,7 +110,7 @@ class Table:
             return dtype.kind in "biuf"
         import pandas as pd
 
-        return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+        return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
 
     def looks_numeric(self, name: str) -> bool:
         """A text column where some cells parse as numbers (or are numbers with thousands separators,
@@ -140,10 +144,12 @@ class Table:
         if self.stream is not None:  # one column of a streamed table (an id column): small enough to hold
             return self.stream.column(name)
         if self.frame is not None:
-            return self.frame[name].to_numpy()
+            values: np.ndarray = self.frame[name].to_numpy()
+            return values
         if self.arrays is not None:
             array, i = self.arrays[name]
             return array[:, i]
+        assert self.records is not None
         return np.asarray(self.records[name])
 
     def _check_columns(self, names: Sequence[str]) -> None:
@@ -168,7 +174,7 @@ class Table:
 
     def matrix(
         self, names: Sequence[str], dtype: torch.dtype | None = torch.float32, fit_float32: bool = False
-    ) -> Tensor | RecordRows:
+    ) -> Rows:
         """The columns as rows of ``dtype``, refusing anything that would train to NaN: text, NaN, inf.
 
         ``dtype=None`` gives the values as the file holds them: float64 for CSV, Parquet and integer
@@ -184,11 +190,11 @@ class Table:
             self.n_rows = self.stream.n_rows
             return self.stream.rows(names, dtype or self.stream.stored_dtype(names))
         if self.records is not None:
-            fields = self.records.dtype.fields
-            stored = torch.float32 if all(fields[n][0] == np.float32 for n in names) else torch.float64
-            exact = RecordRows(self.records, names, stored)
+            single = all(field_dtype(self.records, n) == np.float32 for n in names)
+            stored = torch.float32 if single else torch.float64
+            exact_rows = RecordRows(self.records, names, stored)
             for start in range(0, self.n_rows, CHUNK_ROWS):
-                chunk = exact[start : start + CHUNK_ROWS].numpy()
+                chunk = exact_rows[start : start + CHUNK_ROWS].numpy()
                 check_finite(chunk, names, self.source, start, fit_float32 or dtype == torch.float32)
             return RecordRows(self.records, names, dtype or stored)
         if self.arrays is not None:
@@ -200,6 +206,7 @@ class Table:
             else:
                 values = np.stack([self.column(n) for n in names], axis=1)
         else:
+            assert self.frame is not None
             values = self.frame[names].to_numpy(np.float64, na_value=np.nan)  # nullable <NA> → NaN, named below
         exact = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
         want = {None: exact.dtype, torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}[dtype]
@@ -313,7 +320,7 @@ def fingerprint_change(saved: list[list[str | int]], now: list[list[str | int]])
         (size0, hash0), (size1, hash1) = before[name], after[name]
         what = f"size {size0} then, {size1} now" if size0 != size1 else "contents differ" if hash0 != hash1 else ""
         if what:
-            changes.append(f"{name + ': ' if name else ''}{what}")
+            changes.append(f"{f'{name}: ' if name else ''}{what}")
     return "; ".join(sorted(changes)) or None
 
 
