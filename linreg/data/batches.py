@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 
-from linreg.data.tables import Rows
+from linreg.data.rows import Rows
 from linreg.errors import LinRegError
 
 Shuffle = Literal["blocks", "rows", "none"]
@@ -121,7 +121,7 @@ class Batches:
         ``skip`` leaves out the epoch's first batches (already trained on before a resume).
         """
         n_batches, b = self.n_batches, self.batch_size
-        order = range(n_batches)
+        order: Sequence[int] = range(n_batches)
         if self.shuffle == "blocks" and n_batches > 1:
             order = torch.randperm(n_batches, generator=self._generator()).tolist()
         perm = torch.randperm(self.n, generator=self._generator()) if self.shuffle == "rows" else None

@@ -1,5 +1,8 @@
 """The LightningDataModule: which rows are training, validation, test and prediction rows.
 
+One file over 300 lines because it is one LightningDataModule whose hooks (setup, the loaders,
+state_dict) share the splits, statistics and fingerprint it owns; the pure work is in tables, rows, batches.
+
 It reads the table (``tables``), splits it, keeps the standardization statistics of the training
 rows, and hands each stage a ``Batches`` (``batches``). With no ``path`` it serves the tutorial's
 four points.
@@ -9,29 +12,21 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 from typing_extensions import override
 
 from linreg.data.batches import Batches, Shuffle
-from linreg.data.streams import Progress, StreamRows
-from linreg.data.tables import (
-    CHUNK_ROWS,
-    RecordRows,
-    Rows,
-    Table,
-    default_names,
-    fingerprint,
-    fingerprint_change,
-    mean_scale,
-    read_table,
-    unnamed,
-)
+from linreg.data.progress import Progress
+from linreg.data.rows import CHUNK_ROWS, RecordRows, Rows, mean_scale
+from linreg.data.streams import StreamRows
+from linreg.data.tables import Table, default_names, fingerprint, fingerprint_change, read_table, unnamed
 from linreg.errors import LinRegError
 from linreg.tutorial.data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 
@@ -40,7 +35,7 @@ OUT_OF_CORE_BATCH = 65_536  # rows per batch when evaluating or predicting a tab
 
 def _note(message: str) -> None:
     """One line on stderr, from the first process only (each DDP process reads the table)."""
-    if rank_zero_only.rank == 0:
+    if getattr(rank_zero_only, "rank", 0) == 0:  # an attribute Lightning sets on the function
         print(f"linreg: note: {message}", file=sys.stderr)
 
 
@@ -129,7 +124,12 @@ class LinRegData(L.LightningDataModule):
         self.scaling: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self.target_mean: Tensor | None = None
         self._fingerprint: list[list[str | int]] | None = None
-        self._train_batches: Batches | list = []
+        self._train_batches: Batches | list[Batches] = []
+
+    @property
+    def hparams(self) -> AttributeDict:
+        """``save_hyperparameters``' values, typed as what they are here: an ``AttributeDict``."""
+        return cast(AttributeDict, super().hparams)
 
     @classmethod
     def from_tensors(cls, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> LinRegData:
@@ -236,6 +236,7 @@ class LinRegData(L.LightningDataModule):
     def _split(self) -> None:
         """Fractions take a seeded random subset; training rows keep their file order."""
         x, y = self._all(need_target=True)
+        assert y is not None  # _all refuses rows without targets when they are needed
         n = x.shape[0]
         hp = self.hparams
         n_test = round(hp.test_fraction * n)
@@ -248,12 +249,12 @@ class LinRegData(L.LightningDataModule):
                 raise LinRegError(f"--data.{name} {frac} of {n} rows is no row at all: too few rows for this split")
         if n - n_test - n_val < 1:
             raise LinRegError(f"{self.path}: {n} rows leave no training rows after the requested splits")
-        if (n_test or n_val) and isinstance(x, (RecordRows, StreamRows)):
-            raise LinRegError(
-                f"{self.path}: a random split would read the whole table into memory; "
-                "give --data.val_path / --data.test_path instead of fractions"
-            )
         if n_test or n_val:
+            if not isinstance(x, Tensor) or not isinstance(y, Tensor):  # RecordRows, StreamRows: read from disk
+                raise LinRegError(
+                    f"{self.path}: a random split would read the whole table into memory; "
+                    "give --data.val_path / --data.test_path instead of fractions"
+                )
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed))
             test_idx, val_idx = perm[:n_test].sort().values, perm[n_test : n_test + n_val].sort().values
             train_idx = perm[n_test + n_val :].sort().values
@@ -297,7 +298,8 @@ class LinRegData(L.LightningDataModule):
     def _table_fingerprint(self) -> list[list[str | int]]:
         """A streamed table's files as it listed and checked them (refused if one vanished or changed since)."""
         table = self._load()
-        return fingerprint(self.path, table.stream if table is not None else None)
+        assert self.path is not None and table is not None  # only a table from a file has one
+        return fingerprint(self.path, table.stream)
 
     def _check_out_of_core(self, x: Rows) -> None:
         """Training on rows read from disk as it goes: batches bounded, and an order the format can serve."""
@@ -311,7 +313,7 @@ class LinRegData(L.LightningDataModule):
             )
         if isinstance(x, StreamRows) and (hp.shuffle == "rows" or (hp.shuffle == "blocks" and x.source.kind == "csv")):
             raise LinRegError(
-                f"{self.path}: a streamed {x.source.kind.upper()} table is read in row ranges, "
+                f"{self.path}: a streamed {str(x.source.kind).upper()} table is read in row ranges, "
                 + (
                     "in file order; use --data.shuffle none, or Parquet for shuffled epochs"
                     if x.source.kind == "csv"
@@ -332,12 +334,14 @@ class LinRegData(L.LightningDataModule):
 
     def _predict_x(self) -> Rows:
         if "predict" not in self._exact:
+            x: Rows
             if self._tensors is not None:
                 x = self._tensors[0]
             elif self.path is None:
                 x = X_TEST_TUTORIAL.clone()
             else:
                 table = self._load()
+                assert table is not None  # a path was given
                 allowed = set(self.feature_names) | set(self.target_names) | {self.id_column}
                 missing = [c for c in self.feature_names if c not in table.columns]
                 nameless = [c for c in table.columns if c not in allowed and unnamed(c)]
@@ -420,7 +424,7 @@ class LinRegData(L.LightningDataModule):
 
     def exact_batches(
         self, batch_size: int = 65_536, split: str = "train", purpose: str = "least squares"
-    ) -> Batches | list:
+    ) -> Batches | list[Batches]:
         """This rank's share of a split's rows as the file holds them, in order: the solver's pass over the
         training rows, and the final model's measurement (``LinRegModule.finish_training``); ``purpose``
         names the pass in its progress line."""
@@ -449,7 +453,7 @@ class LinRegData(L.LightningDataModule):
         what += f" (this process's share, of {world})" if world > 1 else ""
         batches.x.progress = Progress(what, n // b * share(b) + share(n % b))
 
-    def _batches(self, key: str, shuffle: Shuffle = "none", with_index: bool = False) -> Batches | list:
+    def _batches(self, key: str, shuffle: Shuffle = "none", with_index: bool = False) -> Batches | list[Batches]:
         if key not in self._splits:
             return []
         x, y = self._splits[key]
@@ -465,22 +469,23 @@ class LinRegData(L.LightningDataModule):
         return Batches(x, y, batch_size, shuffle, hp.seed, rank, world, with_index, group)
 
     @override
-    def train_dataloader(self) -> Batches | list:
+    def train_dataloader(self) -> Batches | list[Batches]:
         self._train_batches = self._batches("train", shuffle=self.hparams.shuffle)  # where the epoch stands
         return self._train_batches
 
     @override
-    def val_dataloader(self) -> Batches | list:
+    def val_dataloader(self) -> Batches | list[Batches]:
         return self._batches("val")
 
     @override
-    def test_dataloader(self) -> Batches | list:
+    def test_dataloader(self) -> Batches | list[Batches]:
         return self._batches("test")
 
     @override
-    def predict_dataloader(self) -> Batches | list:
+    def predict_dataloader(self) -> Batches | list[Batches]:
         batches = self._batches("predict", with_index=True)
+        # Lightning's bar, where it is on, reports this pass already
         bar = self.trainer is not None and self.trainer.progress_bar_callback is not None
-        if batches and not bar:  # Lightning's bar, where it is on, reports this pass already
+        if isinstance(batches, Batches) and batches and not bar:
             self._report(batches, f"predicting {self.path}")
         return batches

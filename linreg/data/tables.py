@@ -1,25 +1,28 @@
 """Tables as input: reading CSV, Parquet, NPZ and structured ``.npy`` files, and checking every value.
 
+One file over 300 lines because ``Table`` and its readers change together: each reader fills one of
+Table's four stores (frame, arrays, records, stream), and every Table method switches on them.
+
 Nothing here knows about Lightning: this is the layer a user's file meets first, and the only one
 that turns a parser's complaint into a ``LinRegError`` naming the file, the column and the row.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import mmap
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from linreg.data.streams import CSV, Progress, Source, StreamRows, check_finite, expand, reason
+from linreg.data.checks import check_finite, reason
+from linreg.data.files import CSV, expand
+from linreg.data.rows import CHUNK_ROWS, RecordRows, Rows, field_dtype, field_names
+from linreg.data.source import Source
 from linreg.errors import LinRegError
 
 if TYPE_CHECKING:
@@ -83,17 +86,19 @@ class Table:
             self.n_rows = next(iter(arrays.values()))[0].shape[0] if arrays else 0
         else:
             assert records is not None
-            self.columns = list(records.dtype.names)
+            self.columns = list(field_names(records))
             self.n_rows = records.shape[0]
         if stream is None and self.n_rows == 0:
             raise LinRegError(f"{source}: no data rows (columns {self.columns}, but no rows under them)")
 
-    def _dtype(self, name: str) -> np.dtype:
+    def _dtype(self, name: str) -> Any:
+        """A numpy dtype, or for a frame's column possibly a pandas extension dtype (nullable Int64)."""
         if self.frame is not None:
             return self.frame[name].dtype
         if self.arrays is not None:
             return self.arrays[name][0].dtype
-        return self.records.dtype.fields[name][0]
+        assert self.records is not None
+        return field_dtype(self.records, name)
 
     def is_numeric(self, name: str) -> bool:
         if self.stream is not None:
@@ -105,7 +110,7 @@ class Table:
             return dtype.kind in "biuf"
         import pandas as pd
 
-        return pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+        return bool(pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
 
     def looks_numeric(self, name: str) -> bool:
         """A text column where some cells parse as numbers (or are numbers with thousands separators,
@@ -139,10 +144,12 @@ class Table:
         if self.stream is not None:  # one column of a streamed table (an id column): small enough to hold
             return self.stream.column(name)
         if self.frame is not None:
-            return self.frame[name].to_numpy()
+            values: np.ndarray = self.frame[name].to_numpy()
+            return values
         if self.arrays is not None:
             array, i = self.arrays[name]
             return array[:, i]
+        assert self.records is not None
         return np.asarray(self.records[name])
 
     def _check_columns(self, names: Sequence[str]) -> None:
@@ -167,7 +174,7 @@ class Table:
 
     def matrix(
         self, names: Sequence[str], dtype: torch.dtype | None = torch.float32, fit_float32: bool = False
-    ) -> Tensor | RecordRows:
+    ) -> Rows:
         """The columns as rows of ``dtype``, refusing anything that would train to NaN: text, NaN, inf.
 
         ``dtype=None`` gives the values as the file holds them: float64 for CSV, Parquet and integer
@@ -178,16 +185,16 @@ class Table:
         names = list(names)
         self._check_columns(names)
         if self.stream is not None:
-            self.stream.keep_decoded = True  # the check's decoded rows serve every later pass (streams._Decoded)
+            self.stream.keep_decoded = True  # the check's decoded rows serve every later pass (decoded.Decoded)
             self.stream.check(names, fit_float32 or dtype == torch.float32)
             self.n_rows = self.stream.n_rows
             return self.stream.rows(names, dtype or self.stream.stored_dtype(names))
         if self.records is not None:
-            fields = self.records.dtype.fields
-            stored = torch.float32 if all(fields[n][0] == np.float32 for n in names) else torch.float64
-            exact = RecordRows(self.records, names, stored)
+            single = all(field_dtype(self.records, n) == np.float32 for n in names)
+            stored = torch.float32 if single else torch.float64
+            exact_rows = RecordRows(self.records, names, stored)
             for start in range(0, self.n_rows, CHUNK_ROWS):
-                chunk = exact[start : start + CHUNK_ROWS].numpy()
+                chunk = exact_rows[start : start + CHUNK_ROWS].numpy()
                 check_finite(chunk, names, self.source, start, fit_float32 or dtype == torch.float32)
             return RecordRows(self.records, names, dtype or stored)
         if self.arrays is not None:
@@ -199,6 +206,7 @@ class Table:
             else:
                 values = np.stack([self.column(n) for n in names], axis=1)
         else:
+            assert self.frame is not None
             values = self.frame[names].to_numpy(np.float64, na_value=np.nan)  # nullable <NA> → NaN, named below
         exact = values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
         want = {None: exact.dtype, torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}[dtype]
@@ -213,59 +221,6 @@ def _hint(message: str) -> str:
     """How to fix a cell like "1,234", which a person reads as a number and a parser does not."""
     cell = re.search(r": '(.*)'\)$", message)
     return "; write numbers without thousands separators" if cell and THOUSANDS.fullmatch(cell[1]) else ""
-
-
-CHUNK_ROWS = 1 << 13  # small chunks: bigger temporaries stay cached by the allocator (measured)
-
-
-class RecordRows:
-    """Rows of a memory-mapped structured ``.npy`` as tensors of one dtype, read slice by slice on demand.
-
-    Pages a slice touched are handed back to the kernel (``MADV_DONTNEED``) once copied out, so the
-    process's resident memory stays at about one batch however large the file: a plain memory map
-    would keep every page it ever read resident, and a pass over the file would cost its whole size.
-    """
-
-    def __init__(self, records: np.ndarray, names: Sequence[str], dtype: torch.dtype = torch.float32) -> None:
-        self.records, self.names, self.dtype = records, list(names), dtype
-        self._np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        self.shape = (records.shape[0], len(self.names))
-        fields = records.dtype.fields
-        # All-float32 packed records read as one 2-D view; anything else field by field.
-        self._packed = all(
-            fields[n][0] == np.float32 for n in records.dtype.names
-        ) and records.dtype.itemsize == 4 * len(fields)
-        self._cols = [records.dtype.names.index(n) for n in self.names]
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: slice | np.ndarray) -> Tensor:
-        chunk = self.records[rows]
-        if self._packed:
-            flat = np.asarray(chunk).view(np.float32).reshape(chunk.shape[0], len(self.records.dtype.names))
-            out = np.ascontiguousarray(flat[:, self._cols], dtype=self._np_dtype)
-        else:
-            out = np.empty((chunk.shape[0], len(self.names)), dtype=self._np_dtype)
-            for j, name in enumerate(self.names):
-                out[:, j] = chunk[name]
-        if isinstance(rows, slice):
-            self._release(*rows.indices(self.shape[0])[:2])
-        return torch.from_numpy(out)
-
-    def _release(self, start: int, stop: int) -> None:
-        mapping = getattr(self.records, "_mmap", None)
-        if mapping is None or not hasattr(mmap, "MADV_DONTNEED") or stop <= start:
-            return
-        base = self.records.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 sits in the mapping
-        lo = base + start * self.records.itemsize
-        hi = min(base + stop * self.records.itemsize, len(mapping))
-        lo -= lo % mmap.PAGESIZE
-        mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-    def index_select(self, dim: int, index: Tensor) -> Tensor:
-        """Rows in the given order (the per-row shuffle): random reads, so slow on disk."""
-        return self[index.numpy()]
 
 
 STREAM_BYTES = 1 << 30  # auto streams a file larger than this (or than an eighth of physical memory)
@@ -365,7 +320,7 @@ def fingerprint_change(saved: list[list[str | int]], now: list[list[str | int]])
         (size0, hash0), (size1, hash1) = before[name], after[name]
         what = f"size {size0} then, {size1} now" if size0 != size1 else "contents differ" if hash0 != hash1 else ""
         if what:
-            changes.append(f"{name + ': ' if name else ''}{what}")
+            changes.append(f"{f'{name}: ' if name else ''}{what}")
     return "; ".join(sorted(changes)) or None
 
 
@@ -462,29 +417,3 @@ def _read_npy(p: Path) -> Table:
             f"(got dtype {records.dtype}, shape {records.shape})"
         )
     return Table(str(p), records=records, implied_targets=["y"] if "y" in records.dtype.names else [])
-
-
-Rows = Tensor | RecordRows | StreamRows
-
-
-def mean_scale(x: Rows) -> tuple[Tensor, Tensor]:
-    """Column means and standard deviations (population) in float64, chunk by chunk; 0 becomes 1.
-
-    Sums are taken around the first chunk's mean, so a column like a year (mean 1950, spread 5)
-    or a target near 1e6 keeps its spread instead of losing it to cancellation.
-    """
-    shift = x[0:CHUNK_ROWS].double().mean(0)
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
-    squares = torch.zeros(x.shape[1], dtype=torch.float64)
-    streamed = isinstance(x, StreamRows)
-    what = f"statistics of {x.shape[1]} column(s) of {x.source.path}" if streamed else ""
-    with Progress(what, x.shape[0]) if streamed else contextlib.nullcontext() as progress:
-        for start in range(0, x.shape[0], CHUNK_ROWS):
-            chunk = x[start : start + CHUNK_ROWS].double() - shift
-            total += chunk.sum(0)
-            squares += (chunk * chunk).sum(0)
-            if progress is not None:
-                progress.update(chunk.shape[0])
-    mean = total / x.shape[0]
-    std = (squares / x.shape[0] - mean * mean).clamp_min(0).sqrt()
-    return shift + mean, torch.where(std > 0, std, torch.ones_like(std))

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from linreg.data import streams
 from linreg.data.datamodule import LinRegData
-from linreg.data.streams import Source, expand
+from linreg.data.files import expand
+from linreg.data.progress import Progress
+from linreg.data.source import Source
 from tests.helpers import ROOT, error_line, last_ckpt
 
 QUIET = ("--figures.enabled", "false", "--trainer.max_epochs", "2")
@@ -221,7 +222,7 @@ def test_streamed_passes_redraw_one_progress_line_on_a_terminal(workdir) -> None
     (workdir / "parts").mkdir()
     frame(3000).to_parquet(workdir / "parts" / "p.parquet", index=False, row_group_size=100)
     script = (
-        "import sys; from linreg.data import streams; streams.Progress.EVERY = 0.0\n"  # redraw at every block
+        "import sys; from linreg.data import progress; progress.Progress.EVERY = 0.0\n"  # redraw at every block
         "from linreg.cli import main; main(sys.argv[1:])"
     )
     args = ["fit", "--data.path", "parts", *STREAM, *QUIET, "--trainer.enable_progress_bar", "false"]
@@ -250,12 +251,12 @@ def test_streamed_passes_redraw_one_progress_line_on_a_terminal(workdir) -> None
 
 
 def test_progress_is_cheap_and_silent_on_other_ranks(monkeypatch, capsys) -> None:
-    monkeypatch.setattr(streams.sys.stderr, "isatty", lambda: True)
-    progress = streams.Progress("reading", 10_000_000)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    progress = Progress("reading", 10_000_000)
     for _ in range(100_000):
         progress.update(1)  # a hundred thousand updates inside EVERY: no redraw at all
     assert capsys.readouterr().err == ""
     monkeypatch.setenv("LOCAL_RANK", "1")
-    with streams.Progress("reading", 5) as other:
+    with Progress("reading", 5) as other:
         other.update(5)
     assert capsys.readouterr().err == ""

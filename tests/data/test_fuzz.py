@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from linreg.data.datamodule import LinRegData
-from linreg.data.tables import TABLE_SUFFIXES, RecordRows, read_table
+from linreg.data.rows import RecordRows
+from linreg.data.tables import TABLE_SUFFIXES, read_table
 from linreg.errors import LinRegError
 
 

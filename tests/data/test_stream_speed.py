@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from linreg.data.batches import Batches
-from linreg.data.streams import Source
+from linreg.data.source import Source
 from linreg.data.tables import read_table
 from linreg.errors import LinRegError
 from tests.data.test_streams import COLUMNS, assert_same, fit, make, write_parts

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from linreg.data.batches import Batches
-from linreg.data.streams import Source
+from linreg.data.source import Source
 from linreg.errors import LinRegError
 from linreg.training.module import LinRegModule
 from tests.helpers import ROOT, last_ckpt
