@@ -186,7 +186,7 @@ class LinRegCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         check_accelerator(cfg.trainer.get("accelerator"))
-        given = self._given[self.subcommand] if self._given is not None else None
+        given = self._given[str(self.subcommand)] if self._given is not None else None
         chosen = given is not None and given.get("trainer.precision")
         if self.subcommand == "fit" and cfg.model.get("solver") == "lstsq" and not chosen:
             # The exact solution is float64; a float32 model would keep 7 of its digits (NIST Filip: 4).
@@ -213,7 +213,7 @@ class LinRegCLI(LightningCLI):
                     f"--trainer.{flag} is not supported: linreg runs its SGD updates itself "
                     "(several per Lightning step); use a larger --data.batch_size instead"
                 )
-        given = self._given[self.subcommand] if self._given is not None else None
+        given = self._given[str(self.subcommand)] if self._given is not None else None
         if self.subcommand in ("validate", "test") and (given is None or given.get("trainer.logger") is None):
             cfg.trainer.logger = checkpoint_run_logger(cfg.trainer.logger, cfg.ckpt_path, self.subcommand)
         if self.subcommand == "predict":
@@ -265,7 +265,7 @@ class LinRegCLI(LightningCLI):
         """Refuse a callback that monitors a value linreg will never log, before training, listing what it can."""
         val_rows = self.datamodule.val_rows
         allowed = self.model.monitorable(val_rows)
-        for callback in self.trainer.callbacks:
+        for callback in _callbacks(self.trainer):
             monitor = getattr(callback, "monitor", None)
             if monitor is not None and monitor not in allowed:
                 why = ""
@@ -279,7 +279,7 @@ class LinRegCLI(LightningCLI):
     def before_predict(self) -> None:
         cfg = self.config["predict"]
         if cfg.get("output"):
-            self.trainer.callbacks.append(
+            _callbacks(self.trainer).append(
                 PredictionWriter(
                     cfg.output,
                     self.datamodule.target_names,
@@ -331,8 +331,9 @@ class LinRegCLI(LightningCLI):
         by = getattr(ckpt, "stopped_by", None) or "SIGTERM"
         if self.trainer.is_global_zero:
             where = f"linreg: stopped by {by} at epoch {self.trainer.current_epoch}, step {self.trainer.global_step}"
-            if ckpt and ckpt.last_model_path:
-                then = f"saved {ckpt.last_model_path}; resume with `linreg fit ... --ckpt_path last`"
+            saved = getattr(ckpt, "last_model_path", "")  # a ModelCheckpoint's
+            if saved:
+                then = f"saved {saved}; resume with `linreg fit ... --ckpt_path last`"
             else:
                 then = "nothing saved (checkpointing is off)"
             print(f"{where}; {then}", file=sys.stderr)
@@ -391,3 +392,9 @@ def check_accelerator(accelerator: Any) -> None:
     else:
         why = {"mps": "no Apple MPS device here", "tpu": "no TPU here (torch_xla)"}[accelerator]
     raise LinRegError(f"--trainer.accelerator {accelerator}: {why}; available here: {available}")
+
+
+def _callbacks(trainer: Any) -> list[Any]:
+    """The trainer's callbacks (a list Lightning sets on it at run time, invisible to type checkers)."""
+    found: list[Any] = trainer.callbacks
+    return found

@@ -18,6 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from linreg.cli.app import LinRegCLI
 from linreg.data.datamodule import LinRegData
+from linreg.data.source import restore_memory
 from linreg.errors import LinRegError
 from linreg.io import WRITE_ERRORS
 from linreg.training.module import LinRegModule
@@ -96,7 +97,10 @@ def main(args: list[str] | None = None) -> Result | None:
     a ``Result`` (the fitted module, the summary, ...); as the console script (``args`` None) it returns
     None, since the script hands the return value to ``sys.exit``."""
     with quiet_lightning():
-        return _run(args)
+        try:
+            return _run(args)
+        finally:
+            restore_memory()  # a streamed read's allocator settings end with the command
 
 
 def _run(args: list[str] | None) -> Result | None:

@@ -9,6 +9,7 @@ Never imports Lightning; ``streams.StreamRows`` serves row ranges from a ``Sourc
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -26,6 +27,9 @@ OPEN_FILES = 16  # Parquet files kept open at once
 CSV_BLOCK = 1 << 22  # bytes of CSV text per block read: about 100,000 rows of 30 numbers
 
 
+_MEMORY_BEFORE: list[Any] = []  # pyarrow's pool before _bounded_memory set its own; see restore_memory
+
+
 def _bounded_memory() -> None:
     """Hand freed batch memory back to the system, so resident memory follows a batch, not the table.
 
@@ -33,14 +37,31 @@ def _bounded_memory() -> None:
     mmap threshold after the first large free, after which batch-sized blocks come from a heap that
     never shrinks: together they made a 300 MiB table cost 60-110 MiB more peak memory than a 15 MiB
     one (measured). The system pool and a fixed 1 MiB mmap threshold bring that to about 40 MiB.
+    Both are process-wide: ``restore_memory`` undoes them when the command that streamed ends.
     """
-    import ctypes
-
+    if _MEMORY_BEFORE:
+        return
     import pyarrow as pa
 
+    _MEMORY_BEFORE.append(pa.default_memory_pool())
     pa.set_memory_pool(pa.system_memory_pool())
+    _mmap_threshold(1 << 20)
+
+
+def restore_memory() -> None:
+    """Give the process back the allocator settings it had before a streamed read (``linreg.cli.main``
+    calls this as each command ends, so a Python caller's process is left as it was)."""
+    if not _MEMORY_BEFORE:
+        return
+    import pyarrow as pa
+
+    pa.set_memory_pool(_MEMORY_BEFORE.pop())
+    _mmap_threshold(128 * 1024)  # glibc's default (its dynamic adjustment starts over from there)
+
+
+def _mmap_threshold(size: int) -> None:
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: glibc only; elsewhere a no-op
+        ctypes.CDLL("libc.so.6").mallopt(-3, size)  # M_MMAP_THRESHOLD: glibc only; elsewhere a no-op
     except (OSError, AttributeError):
         pass
 

@@ -38,7 +38,7 @@ def ols_inference(
     out = []
     for j in range(coef.shape[0]):
         sigma = math.sqrt(rss[j] / df)
-        params = np.concatenate([intercept[j : j + 1], coef[j]]) if o else coef[j]
+        params = np.concatenate([intercept[j : j + 1], coef[j]]) if intercept is not None else coef[j]
         se = sigma * unit_se
         with np.errstate(divide="ignore", invalid="ignore"):
             t = params / se

@@ -134,7 +134,7 @@ class LeastSquares:
 
     def _unpack(self, flat: Tensor) -> dict[str, Any]:
         sizes = [2, self.d + self.k, self.d + self.k, self.k, self.k, self.k, self.R.numel()]
-        head, shift, scale, sgd_sse, ymean, ym2, r = flat.split(sizes)
+        head, shift, scale, sgd_sse, ymean, ym2, r = torch.split(flat, sizes)
         return {
             "rows": int(head[0]),
             "pred_rows": int(head[1]),
@@ -308,7 +308,8 @@ class LeastSquares:
         nk, q = n * self.k, B.shape[1]
         if self.l1 == 0:  # ridge exactly: least squares of B stacked over √(n·k·l2)·I
             a = np.vstack([B, math.sqrt(nk * self.l2) * np.eye(q)])
-            return np.linalg.lstsq(a, np.vstack([t, np.zeros((q, t.shape[1]))]), rcond=None)[0]
+            solution: np.ndarray = np.linalg.lstsq(a, np.vstack([t, np.zeros((q, t.shape[1]))]), rcond=None)[0]
+            return solution
         G, b = B.T @ B, B.T @ t
         cols = [
             elastic_net(G, b[:, j], nk * self.l1 / 2, nk * self.l2, float(np.linalg.norm(t[:, j])))
@@ -335,4 +336,5 @@ def _scales(v: Tensor | Any | None, size: int) -> np.ndarray:
 def _rss(R: np.ndarray, full: np.ndarray) -> np.ndarray:
     """Residual sums of squares (R's units) of design coefficients ``full`` (p × k): A·[−full; I] = R·[−full; I]."""
     p = full.shape[0]
-    return np.square(R[:, :p] @ full - R[:, p:]).sum(0)
+    rss: np.ndarray = np.square(R[:, :p] @ full - R[:, p:]).sum(0)
+    return rss

@@ -132,6 +132,7 @@ class PredictionWriter(BasePredictionWriter):
             self._part.write(self._columns(index, pred, with_index=True))
             return
         self._check_order(index)
+        assert self._out is not None  # on_predict_start opened it
         self._out.write(self._columns(index, pred))
 
     def _check_order(self, index: np.ndarray) -> None:
@@ -146,7 +147,7 @@ class PredictionWriter(BasePredictionWriter):
 
             if self._id_type is None:  # from the whole column: a first batch of missing ids would say "null"
                 self._id_type = pa.array(self.ids, from_pandas=True).type
-            columns[self.id_column] = pa.array(self.ids[index], type=self._id_type, from_pandas=True)
+            columns[str(self.id_column)] = pa.array(self.ids[index], type=self._id_type, from_pandas=True)
         columns |= {name: pred[:, j] for j, name in enumerate(self.columns)}
         return columns
 
@@ -173,6 +174,7 @@ class PredictionWriter(BasePredictionWriter):
         rows = self._next
         if rows != _expected_rows(trainer):
             raise LinRegError(f"predictions for {rows} of {_expected_rows(trainer)} rows; no output written")
+        assert self._out is not None  # on_predict_start opened it
         self._out.commit()
         self._out = None
         rank_zero_info(f"linreg: wrote {rows} prediction(s) to {self.output}")

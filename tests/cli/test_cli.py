@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -161,3 +162,22 @@ def test_fit_and_predict_on_gpu(cli, workdir) -> None:
         == 0
     )
     assert pd.read_csv(workdir / "gpu.csv")["y"][0] == pytest.approx(stage4_custom_module(seed=0).after, abs=1e-4)
+
+
+def test_a_command_leaves_no_process_wide_setting_behind(cli, workdir) -> None:
+    """Warning filters, TensorBoard's thread hook and a streamed read's allocator pool are the command's
+    own: a Python caller's process is as it was once main([...]) returns."""
+    import threading
+    import warnings
+
+    pa = pytest.importorskip("pyarrow")
+    (workdir / "parts").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        x = rng.normal(size=200)
+        pd.DataFrame({"x": x, "y": 2 * x + 1}).to_parquet(workdir / "parts" / f"p{k}.parquet")
+    pool, hook, filters = pa.default_memory_pool().backend_name, threading.excepthook, list(warnings.filters)
+    flags = ("--data.stream", "true", "--data.batch_size", "64", "--trainer.max_epochs", "2")
+    assert cli("fit", "--data.path", "parts", *flags, "--figures.enabled", "false") == 0
+    assert pa.default_memory_pool().backend_name == pool
+    assert threading.excepthook is hook and list(warnings.filters) == filters
