@@ -5,7 +5,7 @@ One generated data set, written as an ``.npz`` (held in memory) and as a folder 
 
 - epochs: ``linreg fit`` at the batch size on each, rows/s of the first epoch and the median of the later
   ones (the streamed first epoch decodes the Parquet; later ones read linreg's decoded copy, see
-  ``streams._Decoded``); the streamed epochs over the in-memory ones are the issue's figures;
+  ``linreg.data.decoded.Decoded``); the streamed epochs over the in-memory ones are the issue's figures;
 - whole fits: the wall of a whole ``linreg fit`` in process (reading, checks, closed-form pass, epochs,
   summary) of the folder streamed and read whole (``--data.stream false``); streamed / whole >= 1 means
   reading it whole is not the slower path;
