@@ -72,6 +72,16 @@ def _panels(k: int, title: str) -> tuple[Figure, list[Any]]:
     return fig, axes[:shown]
 
 
+def _readable(ax: Any) -> None:
+    """At most five ticks an axis, and numbers of any size (1e9 + a small signal, 1e-6) written with an
+    offset or a power of ten: long tick labels of a wide-ranged target overlapped on a 4.5-inch panel."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=5))
+    ax.ticklabel_format(style="sci", scilimits=(-3, 4), useOffset=True)
+
+
 def _marker_size(n: int) -> tuple[float, float]:
     """Big opaque markers for a handful of rows, small translucent ones for thousands."""
     return (40.0, 1.0) if n <= 200 else (6.0, 0.4)
@@ -95,6 +105,7 @@ def _fit(x: np.ndarray, y: np.ndarray, pred: np.ndarray, feature: str, target: s
     ax.set_title(f"{target} against {feature}: data and fitted line")
     ax.grid(alpha=0.3)
     ax.legend()
+    _readable(ax)
     return fig
 
 
@@ -111,6 +122,7 @@ def _pred_vs_actual(y: np.ndarray, pred: np.ndarray, targets: list[str]) -> Figu
         ax.set_title(f"{targets[j]}: RMSE {float(np.sqrt(np.mean((a - p) ** 2))):.4g}")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
+        _readable(ax)
     return fig
 
 
@@ -123,6 +135,7 @@ def _residuals(y: np.ndarray, pred: np.ndarray, targets: list[str]) -> Figure:
         ax.set_xlabel(f"residual {targets[j]}")
         ax.set_ylabel("rows")
         ax.grid(alpha=0.3)
+        _readable(ax)
     return fig
 
 

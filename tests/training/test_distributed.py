@@ -215,3 +215,22 @@ def test_ddp_lstsq_in_float64_equals_one_process_and_the_npy_equals_the_csv(tmp_
             diff = np.max(np.abs(_coefficients(other, part) - ref) / np.abs(ref))
             print(f"{penalty or 'least squares'} {part}: max relative difference {diff:.2e}")
             assert diff <= tol
+
+
+def test_ddp_on_a_three_row_table_runs_the_same_collectives_on_every_rank(tmp_path: Path, cli) -> None:
+    """Issue 27 row 5: two processes, three rows (one rank's share of a validation split holds one row,
+    where R² is undefined): every rank reduces the same sums, so the fit works and its metrics, from the
+    merged rows, equal one process's."""
+    pd.DataFrame({"x": [1.0, 2.0, 4.0], "y": [2.1, 3.9, 8.2]}).to_csv(tmp_path / "t.csv", index=False)
+    flags = ("--data.path", "t.csv", "--model.lr", "0.05", "--trainer.max_epochs", "5", "--figures.enabled", "false")
+    done = linreg(tmp_path, "fit", *flags, *DDP)
+    assert "Traceback" not in done.stderr
+    ddp = json.loads((last_ckpt(tmp_path).parent / "summary.json").read_text())
+    one_dir = tmp_path / "one"
+    one_dir.mkdir()
+    (one_dir / "t.csv").write_text((tmp_path / "t.csv").read_text())
+    linreg(one_dir, "fit", *flags)
+    one = json.loads((last_ckpt(one_dir).parent / "summary.json").read_text())
+    assert ddp["metrics"].keys() == one["metrics"].keys() and "train/r2" in ddp["metrics"]
+    for key, value in one["metrics"].items():
+        assert ddp["metrics"][key] == pytest.approx(value, rel=1e-5), key

@@ -24,6 +24,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -259,3 +261,59 @@ def test_cli_fit_logs_hparams_metric_lr_and_figures(cli, workdir) -> None:
     hparams = acc.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in hparams and "_hparams_/experiment" in hparams
     assert (ckpt.parent / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mean", [0.0, 1e9, 1e-7])
+def test_figure_tick_labels_never_overlap(mean: float) -> None:
+    """Issue 25: a target of 1e9 + a small signal once wrote ten-digit tick labels over each other."""
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(500, 2)))
+    y = mean + (1e-3 if mean else 1.0) * torch.from_numpy(rng.normal(size=(500, 1)))
+    pred = y + 0.1 * (y - y.mean())
+    figures = linreg.training.figures.fit_figures(x, y, pred, ["a", "b"], ["y"], 5000)
+    for name, fig in figures.items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                lo, hi = sorted(axis.get_view_interval())
+                shown = [t for t, v in zip(axis.get_ticklabels(), axis.get_majorticklocs()) if lo <= v <= hi]
+                boxes = [t.get_window_extent(renderer) for t in shown if t.get_text()]
+                assert 2 <= len(boxes) <= 6, (name, len(boxes))
+                overlaps = [(a, b) for a, b in zip(boxes, boxes[1:]) if a.overlaps(b)]
+                assert not overlaps, f"{name}: tick labels overlap at mean {mean}"
+
+
+def _hparams(version_dir: Path) -> set[str]:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(version_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    return set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
+
+
+def test_tensorboard_hparams_are_the_users_flags_and_the_same_for_every_run(cli, workdir) -> None:
+    """Issue 25: the hparams view held `_instantiator` and every internal key, and runs of the two solvers
+    had different columns; now each run has the user's flags and the saved model's metrics."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 2))
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": x @ [1.0, 2.0] + rng.normal(size=60)}).to_csv("t.csv", index=False)
+    for solver in ("sgd", "lstsq"):
+        assert cli("fit", "--data.path", "t.csv", "--model.solver", solver, "--figures.enabled", "false") == 0
+    runs = sorted(workdir.glob("lightning_logs/version_*"))
+    keys = [_hparams(run) for run in runs]
+    expected = {"solver", "lr", "momentum", "l1", "l2", "fit_intercept", "standardize", "batch_size", "precision"}
+    assert keys == [expected, expected]
+    for run in runs:
+        tags = scalars(run)
+        assert {"hp/train_mse", "hp/train_r2"} <= tags.keys()
+
+
+def test_the_progress_bar_shows_the_losses(workdir) -> None:
+    """Issue 25: the progress bar showed no loss; it shows the epoch's train loss and the validation loss."""
+    data = LinRegData.from_tensors(torch.randn(64, 2), torch.randn(64, 1), val_fraction=0.25)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, default_root_dir=workdir)
+    trainer.fit(LinRegModule(2, 1, lr=0.01, standardize=True), datamodule=data)
+    assert {"train/loss", "val/loss"} <= trainer.progress_bar_metrics.keys()
