@@ -1,5 +1,6 @@
 """``--ckpt_path``: checkpoints loaded weights-only, checked to be linreg's, found by ``last``, and the
-settings a run takes from them.
+settings a run takes from them. About 300 lines: loading, checking and finding a checkpoint are one
+file's job, since ``last`` must check what it finds exactly as a named path is checked.
 
 A checkpoint is a file a user hands us, so it gets the checks any input gets: a pickled payload never
 runs (weights-only load), and a file that is not linreg's, or whose weights do not match its own

@@ -1,4 +1,8 @@
-"""``PredictionWriter``: every prediction once, in input order, to one CSV or Parquet file, atomically."""
+"""``PredictionWriter``: every prediction once, in input order, to one CSV or Parquet file, atomically.
+
+Just over 300 lines because the writer, its temporary file and the DDP merge share one file's lifecycle
+(open, batches, commit or discard), which a signal or a full disk can end at any point.
+"""
 
 from __future__ import annotations
 
