@@ -78,6 +78,7 @@ def test_a_default_fit_has_no_max_epochs_noise(cli, houses, capsys, recwarn) -> 
     assert not [w for w in recwarn if "optimizer" in str(w.message)]  # lstsq has no SGD, by design
 
 
+@pytest.mark.slow
 def test_summary_prints_a_column_only_when_it_has_values(cli, houses, capsys) -> None:
     assert cli("fit", "--config", SEED) == 0  # the tutorial's exact line: no standard errors
     out = capsys.readouterr().out

@@ -187,6 +187,7 @@ def test_unknown_extension(cli, workdir, capsys, ckpt) -> None:
     assert not (workdir / "m.pb").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
 def test_existing_output_needs_overwrite(cli, workdir, capsys, ckpt, suffix: str) -> None:
     old = workdir / f"m{suffix}"

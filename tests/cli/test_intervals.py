@@ -67,6 +67,7 @@ def assert_intervals(got: pd.DataFrame, frame: pd.DataFrame, features: list[str]
         np.testing.assert_allclose(got[f"{target}_{ours}"], want[theirs], rtol=1e-6, err_msg=ours)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cov_type", ["nonrobust", "HC3"])
 def test_fit_and_predict_equal_statsmodels_on_engel(cli, workdir, capsys, cov_type: str) -> None:
     frame = engel(workdir)
@@ -127,6 +128,7 @@ def test_streamed_parquet_folder_equals_in_memory(cli, workdir) -> None:
     np.testing.assert_allclose(p_stream.to_numpy(), p_mem.to_numpy(), rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_intervals_are_refused_where_they_do_not_apply(cli, workdir, capsys) -> None:
     engel(workdir)
     data = ("--data.path", "engel.csv", "--data.target", "foodexp", *QUIET)

@@ -109,6 +109,7 @@ def test_checkpoint_from_another_feature_set(cli, workdir, trained, capsys) -> N
     assert "['a', 'c']" in line and "['a', 'b']" in line
 
 
+@pytest.mark.slow
 def test_model_flag_contradicting_checkpoint(cli, workdir, table, capsys) -> None:
     """Every value the user gives must agree with the checkpoint, even one equal to the default."""
     fit = ("fit", "--data.path", str(table), "--trainer.max_epochs", "2")
@@ -131,6 +132,7 @@ def test_model_flag_contradicting_checkpoint(cli, workdir, table, capsys) -> Non
     assert pd.read_csv(workdir / "a.csv").equals(pd.read_csv(workdir / "b.csv"))
 
 
+@pytest.mark.slow
 def test_resume_with_the_runs_own_saved_config(cli, workdir, table, capsys) -> None:
     """The config.yaml a fit saves can drive the resume: its nulls ("from the data") agree with any
     checkpoint, and it holds no ckpt_path that would clear the flag given before it."""

@@ -278,6 +278,7 @@ def test_predictions_csv_has_lf_line_endings_throughout(cli, workdir, trained) -
 # -- row 17: --ckpt_path last in the active logger's run family ---------------------------------------
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_is_the_active_loggers_newest(cli, workdir, table, capsys) -> None:
     """./lightning_logs holds another run (newer, on other data); `last` with the logger's save_dir
     `runs` resumes runs/lightning_logs/..., the run family of that logger."""
@@ -294,6 +295,7 @@ def test_ckpt_path_last_is_the_active_loggers_newest(cli, workdir, table, capsys
     assert sorted(p.name for p in (workdir / "lightning_logs").iterdir()) == ["version_0"]
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_trained_on_other_data_is_refused(cli, workdir, table, capsys) -> None:
     assert cli("fit", "--data.path", "t.csv", "--trainer.max_epochs", "2") == 0
     _write_table(workdir / "other.csv", seed=5)
@@ -306,6 +308,7 @@ def test_ckpt_path_last_trained_on_other_data_is_refused(cli, workdir, table, ca
     assert cli("fit", "--data.path", "copy.csv", "--trainer.max_epochs", "3", "--ckpt_path", "last") == 0
 
 
+@pytest.mark.slow
 def test_resume_takes_the_checkpoints_other_settings_and_names_a_change(cli, workdir, table, capsys) -> None:
     """An omitted --model.l2 is the checkpoint's, not the default 0; a given one that differs is used,
     and named in one note."""
@@ -325,6 +328,7 @@ def test_resume_takes_the_checkpoints_other_settings_and_names_a_change(cli, wor
 # -- rows 18, 19: validate and test leave no stray folders --------------------------------------------
 
 
+@pytest.mark.slow
 def test_refused_validate_creates_nothing(cli, workdir, table, capsys) -> None:
     train = workdir / "train"
     train.mkdir()
@@ -346,6 +350,7 @@ def test_refused_validate_creates_nothing(cli, workdir, table, capsys) -> None:
     assert sorted(train.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_plain_validate_and_test_log_into_the_checkpoints_run(cli, workdir, trained, capsys) -> None:
     run = trained.parents[1]
     for command in ("validate", "test"):

@@ -91,6 +91,7 @@ def test_a_word_column_is_left_out_with_a_note_in_both_modes(cli, workdir, capsy
     assert error_line(capsys) == "linreg: error: t.csv: column 'colour' is not numeric (row 1: 'green')"
 
 
+@pytest.mark.slow
 def test_pandas_index_column_is_not_a_feature_in_either_mode(cli, workdir, capsys) -> None:
     frame(200).to_csv(workdir / "t.csv")  # with its index: an empty header cell, then 0, 1, 2, ...
     frame(200).to_csv(workdir / "new.csv")  # predict's table, index included
@@ -154,6 +155,7 @@ def test_a_table_deleted_after_it_was_read_is_refused_naming_it(cli, workdir, ca
     assert not list(workdir.rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_a_name_with_glob_characters_that_exists_is_that_file(cli, workdir, capsys) -> None:
     tables = {"data[2020].csv": 30, "data2.csv": 40, "what?.csv": 50, "whatX.csv": 60}
     for name, rows in tables.items():
@@ -173,6 +175,7 @@ def test_a_name_with_glob_characters_that_exists_is_that_file(cli, workdir, caps
         (workdir / "lightning_logs").rename(workdir / f"run{i}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", ["false", "true"])
 def test_an_id_column_that_counts_rows_is_noted_and_stays_a_feature(cli, workdir, capsys, stream) -> None:
     table = frame(200)

@@ -232,6 +232,7 @@ def npz_arrays(draw: st.DrawFn) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.slow
 @fuzz_settings(max_examples=100)
 @given(arrays=npz_arrays(), compressed=st.booleans())
 def test_random_npz(arrays: dict[str, np.ndarray], compressed: bool) -> None:

@@ -95,6 +95,7 @@ def test_a_nan_in_a_folder_read_whole_is_named_by_row(workdir: Path) -> None:
         table.matrix(["y"], dtype=None, fit_float32=True)
 
 
+@pytest.mark.slow
 def test_fits_of_a_folder_read_whole_and_streamed_agree(cli, workdir: Path) -> None:
     frame = make(8_000)
     write_parts(frame, workdir / "parts", parts=3)

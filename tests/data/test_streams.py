@@ -66,6 +66,7 @@ def assert_same(a: dict, b: dict, sgd: float, closed: float) -> None:
         assert diff <= tol
 
 
+@pytest.mark.slow
 def test_streamed_parquet_folder_glob_and_csv_equal_the_table_held_whole(cli, workdir) -> None:
     frame = make(30_000).astype(np.float64)  # float64 text round-trips: the CSV holds the Parquet's values
     frame.to_parquet(workdir / "whole.parquet", index=False)

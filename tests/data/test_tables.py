@@ -60,6 +60,7 @@ def test_noisy_ten_features_sgd_reaches_closed_form_r2(cli, workdir) -> None:
     assert np.abs(ours - beta).max() / np.abs(beta).max() <= 1e-6
 
 
+@pytest.mark.slow
 def test_noise_free_recovers_known_coefficients_multi_output_npz(cli, workdir) -> None:
     X, Y, W = make_data(1000, 3, noise=0.0, k=2)
     np.savez(workdir / "t.npz", X=X, y=Y)
@@ -127,6 +128,7 @@ def test_zero_fractions_train_on_every_row(cli, workdir) -> None:
     assert summary_of(workdir)["steps"] == 15  # 50 rows / 10 per batch × 3 epochs
 
 
+@pytest.mark.slow
 def test_explicit_val_path(cli, workdir) -> None:
     X, Y, _ = make_data(300, 2, noise=1.0)
     frame(X[:200], Y[:200], ["y"]).to_csv(workdir / "train.csv", index=False)
@@ -153,6 +155,7 @@ def test_standardization_travels_in_the_checkpoint(cli, workdir) -> None:
     assert np.allclose(pred, Y[:5], atol=1e-2)
 
 
+@pytest.mark.slow
 def test_predict_on_a_table_with_only_features(cli, workdir) -> None:
     X, Y, _ = make_data(400, 3, noise=0.1, k=2)
     frame(X, Y, ["a", "b"]).to_csv(workdir / "t.csv", index=False)
@@ -175,6 +178,7 @@ def test_predict_on_a_table_with_only_features(cli, workdir) -> None:
     assert np.allclose(out[["a", "b"]].to_numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_real_table_diabetes(cli, workdir, capsys) -> None:
     """scikit-learn ships the diabetes table (442 × 10) in its package: nothing is downloaded."""
     datasets = pytest.importorskip("sklearn.datasets")

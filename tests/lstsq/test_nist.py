@@ -211,6 +211,7 @@ def test_64_true_runs_end_to_end_and_predictions_round_trip(cli, workdir) -> Non
     assert np.array_equal(written, expected)  # float64 all the way, and the CSV round-trips every bit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-true", "bf16-true"])
 def test_other_precisions_work_or_are_refused_in_one_line(precision, cli, workdir, capsys) -> None:
     status = cli("fit", "--config", str(ROOT / "configs" / "seed.yaml"), "--trainer.precision", precision)

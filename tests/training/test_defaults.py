@@ -80,6 +80,7 @@ def test_table_and_target_alone_reach_the_optimum(name, cli, workdir) -> None:
     assert summary["sgd"]["lr"] > 0 and summary["epochs"] < 1000  # the automatic step, stopped by --model.tol
 
 
+@pytest.mark.slow
 def test_minibatches_with_momentum_and_the_automatic_step(cli, workdir) -> None:
     frame = TABLES["diabetes"]()
     frame.to_csv(workdir / "d.csv", index=False)
@@ -112,6 +113,7 @@ def test_the_gap_to_the_optimum_is_logged_every_epoch(cli, workdir) -> None:
         ),
     ],
 )
+@pytest.mark.slow
 def test_advice_names_what_stopped_sgd(kind, flags, cli, workdir, capsys) -> None:
     TABLES["diabetes"]().to_csv(workdir / "d.csv", index=False)
     assert cli("fit", "--data.path", "d.csv", "--data.target", "y", *flags) == 0

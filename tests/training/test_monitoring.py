@@ -243,6 +243,7 @@ def test_tensorboard_server_serves_scalars_and_the_fit_image(tutorial: Run, tmp_
     assert proc.returncode is not None  # stopped, not left running
 
 
+@pytest.mark.slow
 def test_cli_fit_logs_hparams_metric_lr_and_figures(cli, workdir) -> None:
     """Through the real CLI: the hparams view gets the real metric (no -1 placeholder), the learning rate
     is a scalar, and the fit figure lands in TensorBoard and beside the checkpoint."""
