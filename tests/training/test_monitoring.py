@@ -318,3 +318,20 @@ def test_the_progress_bar_shows_the_losses(workdir) -> None:
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, default_root_dir=workdir)
     trainer.fit(LinRegModule(2, 1, lr=0.01, standardize=True), datamodule=data)
     assert {"train/loss", "val/loss"} <= trainer.progress_bar_metrics.keys()
+
+
+def test_a_two_epoch_fit_shows_its_points(cli, workdir) -> None:
+    """Issue 25: a 2-epoch fit must not look empty in TensorBoard: every curve has a point per epoch at
+    distinct steps, and the fit's figures are there."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 2))
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": x @ [1.0, -1.0] + 0.1 * rng.normal(size=40)}).to_csv(
+        "t.csv", index=False
+    )
+    assert cli("fit", "--data.path", "t.csv", "--trainer.max_epochs", "2", "--model.lr", "0.05") == 0
+    run = next(workdir.glob("lightning_logs/version_*"))
+    tags = scalars(run)
+    for tag in ("train/loss", "train/mse", "train/r2", "coef_norm", "lr-SGD", "epoch"):
+        steps = [step for step, _ in tags[tag]]
+        assert len(steps) == 2 and steps[0] < steps[1], (tag, steps)
+    assert {"fit/pred_vs_actual", "fit/residuals"} <= set(_images(run))
