@@ -41,6 +41,35 @@ def attached(module: L.LightningModule) -> bool:
     return module._trainer is not None
 
 
+def plain_backward(trainer: L.Trainer) -> bool:
+    """Whether ``manual_backward(loss)`` would do nothing but ``loss.backward()`` in this fit, so that the
+    training step may call that directly: at batch 1024 Lightning's path (strategy, precision plugin, four
+    hook dispatches) cost as much as the backward itself (issue 24's profile).
+
+    That holds for one device without a distributed strategy (``SingleDeviceStrategy``'s pre- and
+    post-backward do nothing), full 32- or 64-bit precision (``Precision``/``DoublePrecision``: no loss
+    scaling), no profiler (it would time the hook calls), and no callback or module overriding
+    ``on_before_backward``, ``on_after_backward`` or the module's ``backward``. Anything else (DDP, mixed
+    precision, a user's gradient callback) keeps Lightning's path. Public API only; it lives here because
+    it restates what ``Strategy.backward`` and ``Precision.pre_backward``/``post_backward`` do inside.
+    """
+    from lightning.pytorch.plugins.precision import DoublePrecision, Precision
+    from lightning.pytorch.profilers import PassThroughProfiler
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    module = trainer.lightning_module
+    hooks = ("on_before_backward", "on_after_backward")
+    callbacks: list[L.Callback] = getattr(trainer, "callbacks", [])  # set in Trainer.__init__, untyped
+    return (
+        type(trainer.strategy) is SingleDeviceStrategy
+        and type(trainer.precision_plugin) in (Precision, DoublePrecision)
+        and isinstance(getattr(trainer, "profiler", None), PassThroughProfiler)
+        and not any(is_overridden(hook, module, L.LightningModule) for hook in (*hooks, "backward"))
+        and not any(is_overridden(hook, cb, L.Callback) for cb in callbacks for hook in hooks)
+    )
+
+
 def stop_after_this_epoch(trainer: L.Trainer) -> None:
     """Ask the fit loop to stop at the end of this epoch as after a SIGTERM, so that Lightning raises
     ``SIGTERMException`` once the epoch's validation and logging are done (``should_stop`` would end the

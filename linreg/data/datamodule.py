@@ -125,6 +125,7 @@ class LinRegData(L.LightningDataModule):
         self.target_mean: Tensor | None = None
         self._fingerprint: list[list[str | int]] | None = None
         self._train_batches: Batches | list[Batches] = []
+        self._served: dict[str, tuple[Tensor, Tensor]] = {}  # the scaling a split's SGD rows were served with
 
     @property
     def hparams(self) -> AttributeDict:
@@ -294,6 +295,7 @@ class LinRegData(L.LightningDataModule):
                 # Targets stay as the file holds them: the loss casts them to the model's dtype, and the
                 # metrics compare predictions with the true values, not with their float32 rounding.
                 self._splits[key] = (self._as_dtype(x), y)
+                self._served.pop(key, None)  # a fresh copy holds the file's values
 
     def _table_fingerprint(self) -> list[list[str | int]]:
         """A streamed table's files as it listed and checked them (refused if one vanished or changed since)."""
@@ -331,6 +333,40 @@ class LinRegData(L.LightningDataModule):
         if isinstance(rows, StreamRows):
             return rows if rows.dtype == self.dtype else StreamRows(rows.source, rows.names, self.dtype)
         return rows if rows.dtype == self.dtype else rows.to(self.dtype)
+
+    def serve_scaled(self, scaling: tuple[Tensor, Tensor] | None) -> bool:
+        """Serve the training rows standardized with ``scaling`` (mean, scale), or with the file's values
+        (None); whether they now come standardized.
+
+        Only where SGD trains on a copy of its own (the file holds float64 and training is float32: CSV,
+        Parquet read whole): standardizing that copy once spares the training step two passes over each
+        batch, and costs no memory. A float32 file is trained on as read, and a standardized copy of it
+        would cost the data's size again (issue 4's memory goal): the step standardizes those batches. The
+        module owns the scaling (its buffers travel in the checkpoint) and asks in ``on_train_start``, once
+        they are final (a resumed fit's come from its checkpoint). The same ops as ``LinRegModule._scaled``,
+        so the rows are bit for bit what it would compute.
+        """
+        if "train" not in self._splits:
+            return False
+        x, raw = self._splits["train"][0], self._exact["train"][0]
+        if not isinstance(x, Tensor) or not isinstance(raw, Tensor) or x.dtype == raw.dtype:
+            return False
+        served = self._served.get("train")
+        wanted = None if scaling is None else (scaling[0].to("cpu", x.dtype), scaling[1].to("cpu", x.dtype))
+        same = (served is None) == (wanted is None)
+        if same and served is not None and wanted is not None:
+            same = torch.equal(served[0], wanted[0]) and torch.equal(served[1], wanted[1])
+        if not same:
+            for start in range(0, x.shape[0], CHUNK_ROWS):
+                rows = raw[start : start + CHUNK_ROWS].to(x.dtype)
+                if wanted is None:
+                    x[start : start + CHUNK_ROWS] = rows
+                else:
+                    torch.sub(rows, wanted[0], out=x[start : start + CHUNK_ROWS]).div_(wanted[1])
+            self._served.pop("train", None)
+            if wanted is not None:
+                self._served["train"] = wanted
+        return wanted is not None
 
     def _predict_x(self) -> Rows:
         if "predict" not in self._exact:

@@ -67,6 +67,17 @@ def batch_sums(pred: Tensor, y: Tensor, center: Tensor, loss: Tensor | None = No
     return torch.cat([head, *parts])
 
 
+def group_sums(pred: Tensor, y: Tensor, center: Tensor, losses: list[Tensor], rows: list[int]) -> Tensor:
+    """``batch_sums`` of a Lightning step's group of updates at once: ``pred`` and ``y`` are their batches
+    one after the other, ``losses`` and ``rows`` each update's loss and rows. One set of kernels for the
+    group instead of one per update: at batch 1024 those small ops cost a fifth of an update (issue 24)."""
+    if len(losses) == 1:
+        return batch_sums(pred, y, center, losses[0])
+    sums = batch_sums(pred, y, center)
+    sums[1] = torch.stack(losses).to(torch.float64).mul(torch.tensor(rows, dtype=torch.float64, device=y.device)).sum()
+    return sums
+
+
 def _weighted(loss: Tensor | None, rows: int, device: torch.device) -> Tensor:
     if loss is None:
         return torch.zeros((), dtype=torch.float64, device=device)

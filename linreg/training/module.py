@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from linreg.data.tables import default_names
 from linreg.errors import LinRegError
-from linreg.lightning_private import attached
+from linreg.lightning_private import attached, plain_backward
 from linreg.lstsq import Optimum, auto_step
 from linreg.lstsq.robust import COV_TYPES
 from linreg.model import LinearRegression
@@ -39,6 +39,7 @@ from linreg.training.metrics import (
     adopt_metric_states,
     batch_sums,
     epoch_values,
+    group_sums,
     monitorable,
 )
 
@@ -151,6 +152,8 @@ class LinRegModule(L.LightningModule):
         self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
         self.trained = False  # whether this run took a training step (a failed fit's logs are kept only then)
+        self._plain_backward = False  # loss.backward() is all manual_backward would do (on_train_start)
+        self._served_scaled = False  # the DataModule serves the training rows standardized (on_train_start)
 
     @property
     def hparams(self) -> AttributeDict:
@@ -164,10 +167,15 @@ class LinRegModule(L.LightningModule):
         """Raw features in, predictions in the target's units out."""
         return self._unscale(self._scaled(x))
 
-    def _scaled(self, x: Tensor) -> Tensor:
-        """The linear layer's output, in standardized target units when targets are standardized."""
-        if self.hparams.standardize:
-            x = (x - self.x_mean.to(x.dtype)) / self.x_scale.to(x.dtype)
+    def _scaled(self, x: Tensor, served_scaled: bool = False) -> Tensor:
+        """The linear layer's output, in standardized target units when targets are standardized.
+
+        ``served_scaled``: the rows come standardized already (``LinRegData.serve_scaled``, asked for in
+        ``on_train_start``). Otherwise one temporary, divided in place: a second B×d temporary made the
+        standardization cost several times the update itself at batch 65536 (fresh pages each time, issue 24).
+        """
+        if self.hparams.standardize and not served_scaled:
+            x = (x - self.x_mean.to(x.dtype)).div_(self.x_scale.to(x.dtype))
         out: Tensor = self.model(x)
         return out
 
@@ -353,6 +361,10 @@ class LinRegModule(L.LightningModule):
             self.averaging.resume(self.model)
         if self.trainer.world_size > 1:
             self.train_sums.reset()
+        self._plain_backward = plain_backward(self.trainer)
+        serve = getattr(_datamodule(self.trainer), "serve_scaled", None)  # rows standardized once, where they can be
+        scaling = (self.x_mean, self.x_scale) if self.hparams.standardize else None
+        self._served_scaled = bool(serve(scaling)) if serve is not None else False
 
     # -- steps -------------------------------------------------------------------------------------
 
@@ -367,12 +379,15 @@ class LinRegModule(L.LightningModule):
         self.trained = True
         sgd = self.hparams.solver == "sgd"
         optimizer = self._sgd() if sgd else None
-        total: Tensor | None = None
+        backward = Tensor.backward if self._plain_backward else self.manual_backward  # see plain_backward
+        preds: list[Tensor] = []
+        targets: list[Tensor] = []
+        losses: list[Tensor] = []
         for view in batch:
-            z, t = self._scaled(view["x"]), self._target(view["y"], view["x"].dtype)
+            z, t = self._scaled(view["x"], self._served_scaled), self._target(view["y"], view["x"].dtype)
             loss, logged = self._loss(z, t, view, train=True)
             if optimizer is not None:
-                self.manual_backward(loss)
+                backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
                 if self.hparams.l1:  # proximal step: soft-thresholding reaches exact zeros, a gradient never does
@@ -381,10 +396,13 @@ class LinRegModule(L.LightningModule):
                         w.copy_(F.softshrink(w, optimizer.param_groups[0]["lr"] * self.hparams.l1))
                 if self.averaging is not None:
                     self.averaging.update(self.model, self.current_epoch)
-            sums = batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged)
-            total = sums if total is None else total + sums
-        if total is not None:  # one Metric update per step, for the group's updates together
-            self.train_sums.update(total)
+            preds.append(z.detach())
+            targets.append(view["y"])
+            losses.append(logged)
+        if preds:  # one Metric update per step, for the group's updates together, in one set of kernels
+            pred, y = (preds[0], targets[0]) if len(preds) == 1 else (torch.cat(preds), torch.cat(targets))
+            rows = [z.shape[0] for z in preds]
+            self.train_sums.update(group_sums(self._unscale(pred), y, self.y_center, losses, rows))
         if not torch.isfinite(logged):  # once per step: NaN and inf carry on through later updates
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
             raise LinRegError(
