@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.core.optimizer import LightningOptimizer
 
 # Private methods linreg's subclasses override: (class, method, where, why).
 OVERRIDDEN: list[tuple[type, str, str, str]] = [
@@ -32,6 +33,8 @@ USED: list[tuple[str, str]] = [
     ("ModelCheckpoint", "_should_skip_saving_checkpoint"),
     ("ModelCheckpoint", "_every_n_epochs"),
     ("TensorBoardLogger", "_version"),
+    ("LightningOptimizer", "_on_before_step"),
+    ("LightningOptimizer", "_on_after_step"),
 ]
 
 
@@ -41,17 +44,19 @@ def attached(module: L.LightningModule) -> bool:
     return module._trainer is not None
 
 
-def plain_backward(trainer: L.Trainer) -> bool:
-    """Whether ``manual_backward(loss)`` would do nothing but ``loss.backward()`` in this fit, so that the
-    training step may call that directly: at batch 1024 Lightning's path (strategy, precision plugin, four
-    hook dispatches) cost as much as the backward itself (issue 24's profile).
+def plain_steps(trainer: L.Trainer) -> bool:
+    """Whether ``manual_backward(loss)`` would do nothing but ``loss.backward()`` in this fit, and
+    ``LightningOptimizer.step()`` nothing but ``plain_step``'s: then the training step calls those
+    directly. At batch 1024, Lightning's path (strategy, precision plugin, a dispatch of each hook to every
+    callback) cost a third of an update (issue 24's profile).
 
-    That holds for one device without a distributed strategy (``SingleDeviceStrategy``'s pre- and
-    post-backward do nothing), full 32- or 64-bit precision (``Precision``/``DoublePrecision``: no loss
-    scaling), no profiler (it would time the hook calls), and no callback or module overriding
-    ``on_before_backward``, ``on_after_backward`` or the module's ``backward``. Anything else (DDP, mixed
-    precision, a user's gradient callback) keeps Lightning's path. Public API only; it lives here because
-    it restates what ``Strategy.backward`` and ``Precision.pre_backward``/``post_backward`` do inside.
+    That holds on one device without a distributed strategy (``SingleDeviceStrategy``'s pre- and
+    post-backward do nothing), in full 32- or 64-bit precision (``Precision``/``DoublePrecision``: no loss
+    scaling; gradient clipping, which manual optimization refuses anyway, is all its step adds), without a
+    profiler (it would time the hooks), and while no callback or module overrides ``on_before_backward``,
+    ``on_after_backward``, ``on_before_optimizer_step`` or the module's ``backward``. Anything else (DDP,
+    mixed precision, a user's gradient callback) keeps Lightning's path. It lives here because it restates
+    what ``Strategy.backward``/``optimizer_step`` and ``Precision``'s hooks do inside.
     """
     from lightning.pytorch.plugins.precision import DoublePrecision, Precision
     from lightning.pytorch.profilers import PassThroughProfiler
@@ -59,7 +64,7 @@ def plain_backward(trainer: L.Trainer) -> bool:
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     module = trainer.lightning_module
-    hooks = ("on_before_backward", "on_after_backward")
+    hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
     callbacks: list[L.Callback] = getattr(trainer, "callbacks", [])  # set in Trainer.__init__, untyped
     return (
         type(trainer.strategy) is SingleDeviceStrategy
@@ -68,6 +73,16 @@ def plain_backward(trainer: L.Trainer) -> bool:
         and not any(is_overridden(hook, module, L.LightningModule) for hook in (*hooks, "backward"))
         and not any(is_overridden(hook, cb, L.Callback) for cb in callbacks for hook in hooks)
     )
+
+
+def plain_step(optimizer: LightningOptimizer) -> None:
+    """``optimizer.step()`` without the strategy and precision plugin in between, for a fit where
+    ``plain_steps`` holds (their work is then hook dispatches that reach no override). The manual loop's
+    own callbacks around a step still run: ``_on_after_step`` counts it, and that count is
+    ``trainer.global_step``."""
+    optimizer._on_before_step()
+    optimizer.optimizer.step()
+    optimizer._on_after_step()
 
 
 def stop_after_this_epoch(trainer: L.Trainer) -> None:

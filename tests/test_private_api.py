@@ -12,7 +12,9 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from linreg.lightning_private import OVERRIDDEN, USED
@@ -36,6 +38,7 @@ def test_used_private_attributes_exist(tmp_path: Path) -> None:
         "Trainer": L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False),
         "ModelCheckpoint": ModelCheckpoint(),
         "TensorBoardLogger": TensorBoardLogger(tmp_path),
+        "LightningOptimizer": LightningOptimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)])),
     }
     missing = [f"{owner}.{name}" for owner, name in USED if not hasattr(objects[owner], name)]
     assert not missing, f"private Lightning attributes gone: {missing}"

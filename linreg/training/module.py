@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from linreg.data.tables import default_names
 from linreg.errors import LinRegError
-from linreg.lightning_private import attached, plain_backward
+from linreg.lightning_private import attached, plain_step, plain_steps
 from linreg.lstsq import Optimum, auto_step
 from linreg.lstsq.robust import COV_TYPES
 from linreg.model import LinearRegression
@@ -152,7 +152,7 @@ class LinRegModule(L.LightningModule):
         self.loss_history: list[float] = []  # each epoch's training loss, for the advice in the summary
         self.latest: dict[str, float] = {}  # the last value of every epoch metric, for the fit summary
         self.trained = False  # whether this run took a training step (a failed fit's logs are kept only then)
-        self._plain_backward = False  # loss.backward() is all manual_backward would do (on_train_start)
+        self._plain_steps = False  # torch's backward and step are all Lightning's would do (on_train_start)
         self._served_scaled = False  # the DataModule serves the training rows standardized (on_train_start)
 
     @property
@@ -361,7 +361,7 @@ class LinRegModule(L.LightningModule):
             self.averaging.resume(self.model)
         if self.trainer.world_size > 1:
             self.train_sums.reset()
-        self._plain_backward = plain_backward(self.trainer)
+        self._plain_steps = plain_steps(self.trainer)
         serve = getattr(_datamodule(self.trainer), "serve_scaled", None)  # rows standardized once, where they can be
         scaling = (self.x_mean, self.x_scale) if self.hparams.standardize else None
         self._served_scaled = bool(serve(scaling)) if serve is not None else False
@@ -379,7 +379,8 @@ class LinRegModule(L.LightningModule):
         self.trained = True
         sgd = self.hparams.solver == "sgd"
         optimizer = self._sgd() if sgd else None
-        backward = Tensor.backward if self._plain_backward else self.manual_backward  # see plain_backward
+        plain = self._plain_steps  # Lightning's path adds nothing here: torch's directly (see plain_steps)
+        backward, step = (Tensor.backward, plain_step) if plain else (self.manual_backward, LightningOptimizer.step)
         preds: list[Tensor] = []
         targets: list[Tensor] = []
         losses: list[Tensor] = []
@@ -388,7 +389,7 @@ class LinRegModule(L.LightningModule):
             loss, logged = self._loss(z, t, view, train=True)
             if optimizer is not None:
                 backward(loss)
-                optimizer.step()
+                step(optimizer)
                 optimizer.zero_grad()
                 if self.hparams.l1:  # proximal step: soft-thresholding reaches exact zeros, a gradient never does
                     with torch.no_grad():
