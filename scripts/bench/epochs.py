@@ -13,7 +13,11 @@ side at each batch size:
   ``--b-rows`` because it runs at ~0.1 M rows/s;
 - (c) ``linreg fit`` through linreg's own CLI class, in process, on an ``.npz`` of the same data, with
   its defaults (TensorBoard logging, train metrics, checkpoint) and ``--data.shuffle blocks``; and
-  the same with ``--model.average true``.
+  the same with ``--model.average true``;
+- (c std) ``linreg fit`` standardizing (``--data.standardize true``, a table's default) on the float32
+  ``.npz``, whose rows are trained on as read and standardized each update, and (c std64) on the same
+  values stored as float64, whose float32 training copy is standardized once
+  (``LinRegData.serve_scaled``).
 
 Throughput is rows/s of training: the median over epochs of rows / epoch wall (end-of-epoch hooks
 included), the first epoch skipped (warm-up). c/a is the issue's figure (goal >= 0.9).
@@ -263,6 +267,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="linreg-bench-epochs-") as name:
         tmp = Path(name)
         npz = write_npz(tmp / "data.npz", x, y)
+        npz64 = write_npz(tmp / "data64.npz", x.double(), y)
         for batch in batch_sizes:
             torch.manual_seed(0)
             a = raw_rate(x, y, batch, min_seconds)
@@ -275,6 +280,10 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
             c = cli.timer.rate(skip=1)
             averaged, _ = run_linreg(fit_args(npz, batch, epochs, "--model.average=true"), tmp / f"avg{batch}")
             c_avg = averaged.timer.rate(skip=1)
+            standardized = {}
+            for label, path in (("c std", npz), ("c std64", npz64)):
+                run, _ = run_linreg(fit_args(path, batch, epochs, "--data.standardize=true"), tmp / f"std{batch}")
+                standardized[label] = run.timer.rate(skip=1)
             rates = {"a": a, "floor": floor, "fused": fused, "b": b, "c": c}
             entry: dict[str, Any] = {
                 "batch": batch,
@@ -283,6 +292,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
                 "c_over_a": c / a,
                 "c_over_b": c / b,
                 "averaging_rows_per_s": c_avg,
+                "standardized_rows_per_s": standardized,
                 "c_epoch_seconds": cli.timer.seconds(),
                 "raw_parts_ms": raw_parts(x, y, batch),
             }
@@ -290,20 +300,24 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
                 entry["profile"] = profile(npz, batch, profile_updates, tmp)
             rows.append(entry)
             line = "  ".join(f"{k} {v / 1e6:.3g}" for k, v in rates.items())
-            print(f"  batch {batch:>6}: {line} M rows/s; c with averaging {c_avg / 1e6:.3g}", flush=True)
+            std = ", ".join(f"{k} {v / 1e6:.3g}" for k, v in standardized.items())
+            print(f"  batch {batch:>6}: {line} M rows/s; c with averaging {c_avg / 1e6:.3g}; {std}", flush=True)
     return {"epochs": epochs, "throughput": rows}
 
 
 def report(r: dict[str, Any]) -> None:
     print("\nSGD epochs, M rows/s of training (median epoch after the first)")
     print(
-        f"  {'batch':>6} {'a raw':>7} {'floor':>7} {'fused':>7} {'b plain':>8} {'c linreg':>8} {'c avg':>7} {'c/a':>5}"
+        f"  {'batch':>6} {'a raw':>7} {'floor':>7} {'fused':>7} {'b plain':>8} {'c linreg':>8} {'c avg':>7} "
+        f"{'c std':>7} {'c std64':>7} {'c/a':>5}"
     )
     for t in r["throughput"]:
         v = {k: x / 1e6 for k, x in t["rows_per_s"].items()}
+        std = t.get("standardized_rows_per_s", {})
         print(
             f"  {t['batch']:>6} {v['a']:7.2f} {v['floor']:7.2f} {v['fused']:7.2f} {v['b']:8.3f} {v['c']:8.2f} "
-            f"{t['averaging_rows_per_s'] / 1e6:7.2f} {t['c_over_a']:5.2f}"
+            f"{t['averaging_rows_per_s'] / 1e6:7.2f} {std.get('c std', math.nan) / 1e6:7.2f} "
+            f"{std.get('c std64', math.nan) / 1e6:7.2f} {t['c_over_a']:5.2f}"
         )
     print("\nms per SGD update by part: raw loop (timed) | linreg under cProfile | linreg scaled to its unprofiled ms")
     for t in r["throughput"]:

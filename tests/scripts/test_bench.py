@@ -22,6 +22,7 @@ FIGURES = {
     "epochs": lambda r: (
         [e["c_over_a"] for e in r["throughput"]]
         + [sum(e["profile"]["ms_per_update"].values()) for e in r["throughput"]]
+        + [v for e in r["throughput"] for v in e["standardized_rows_per_s"].values()]
     ),
     "streaming": lambda r: [r["first_epoch_ratio"], r["later_epochs_ratio"], r["whole_over_streamed_speed"]],
     "startup": lambda r: [r["over_raw_script"], r["over_plain_lightning"]],
