@@ -68,8 +68,8 @@ class LinRegData(L.LightningDataModule):
             ``auto`` (default): on for a table (``path``) or tensors, off for the tutorial's built-in data.
         standardize_target: standardize targets too (only with ``standardize``).
         rows_per_step: consecutive batches are grouped into one Lightning step until they hold about
-            this many rows (see ``Batches``); 0 means one batch per step. Results do not change. A table
-            read from disk as training goes holds a group's rows in memory at once.
+            this many rows (see ``Batches``); 0 means one batch per step. Results do not change. A streamed
+            table holds a group's rows in memory at once; a memory-mapped ``.npy`` runs one batch per step.
         stream: read Parquet and CSV tables by row range as training goes instead of whole (see
             ``streams``). ``auto``: folders, globs and files larger than memory comfortably holds.
     """
@@ -498,9 +498,11 @@ class LinRegData(L.LightningDataModule):
         hp = self.hparams
         group = max(1, hp.rows_per_step // (hp.batch_size or x.shape[0] or 1)) if key == "train" else 1
         batch_size = hp.batch_size
+        if isinstance(x, RecordRows):
+            group = 1  # each batch a copy out of the map, released as it goes: one batch at a time (measured)
         if isinstance(x, (RecordRows, StreamRows)):
-            # Out of core a group's rows are in memory at once: rows_per_step bounds them (34 MB at its default
-            # and 33 float32 columns). One batch per step cost a third of a streamed epoch in Lightning's step.
+            # Streamed, a group's rows are in memory at once: rows_per_step bounds them (34 MB at its default and
+            # 33 float32 columns). One batch per step cost a sixth of a streamed epoch in Lightning's step.
             batch_size = batch_size or OUT_OF_CORE_BATCH  # evaluating and predicting: any batch gives the same
         if self.trainer is not None and _counts_steps(self.trainer):
             group = 1  # the user counts SGD updates: one per Lightning step, so Lightning counts them too
