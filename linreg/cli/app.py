@@ -189,6 +189,9 @@ class LinRegCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         check_accelerator(cfg.trainer.get("accelerator"))
+        # The data drops each categorical column's reference level only when the model has an intercept
+        # (the checkpoint's, for validate, test and predict: taken into cfg.model by _parse_ckpt_path).
+        cfg.data.fit_intercept = cfg.model.fit_intercept
         given = self._given[str(self.subcommand)] if self._given is not None else None
         chosen = given is not None and given.get("trainer.precision")
         if self.subcommand == "fit" and cfg.model.get("solver") == "lstsq" and not chosen:
