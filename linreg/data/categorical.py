@@ -72,14 +72,6 @@ def too_many(column: str, where: str, sample: Any, limit: int) -> None:
     )
 
 
-def looks_numeric(column: str, where: str, sample: Any) -> None:
-    raise LinRegError(
-        f"{where}: column {column!r} is text that looks like numbers (e.g. {sample!r}): a number column with bad "
-        "cells, not a category; write numbers without thousands separators, or encode it as a category with "
-        f"--data.categorical [{column}]"
-    )
-
-
 def indicator_name(column: str, level: Level, reference: bool) -> str:
     """statsmodels' spelling: ``firm[T.GM]`` beside a reference level, ``firm[GM]`` in a full set."""
     return f"{column}[{'T.' if reference else ''}{level}]"
@@ -194,15 +186,6 @@ def categorical_columns(table: Any, features: Sequence[str], mode: Categorical) 
         if c not in table.columns or not table.is_label(c):
             continue
         if not table.is_numeric(c) and table.looks_numeric(c):
-            sample = next(v for v in table.sample(c) if not missing(v) and _numeric_text(str(v)))
-            looks_numeric(c, table.source, sample)
+            continue  # a number column with bad cells ("1,234"): Table.matrix names the first, by row
         levels[c] = table.levels(c, MAX_LEVELS)
     return levels
-
-
-def _numeric_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return THOUSANDS.fullmatch(text) is not None
-    return True

@@ -149,7 +149,7 @@ def test_refusals_name_the_column(cli, workdir, capsys) -> None:
     commas.to_csv(workdir / "commas.csv", index=False)
     assert cli(*base, "--data.path", "commas.csv") == 1
     line = error_line(capsys)
-    assert "column 'value' is text that looks like numbers (e.g. '3,078.5')" in line
+    assert "column 'value' is not numeric (row 1: '3,078.5'); write numbers without thousands separators" in line
 
     assert cli(*base, "--data.path", "grunfeld.csv", "--data.categorical", "[year, nothing]") == 1
     assert "--data.categorical names ['nothing'], which are not features" in error_line(capsys)
