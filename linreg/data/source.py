@@ -214,7 +214,7 @@ class Source:
                 blocks: Any = (self.read_group(i, g, [name]).column(0) for g in range(len(self.groups[i])))
             else:
                 types = {name: self.schema.field(name).type}
-                convert = pc.ConvertOptions(include_columns=[name], column_types=types)
+                convert = pc.ConvertOptions(include_columns=[name], column_types=types, strings_can_be_null=True)
                 blocks = (b.column(0) for b in pc.open_csv(file, self._csv_options(CSV_BLOCK), convert_options=convert))
             for block in _named(file, blocks):
                 found.update(find_levels(_values(block), name, file, None, rows))
@@ -303,7 +303,8 @@ class Source:
         labels = self.encoding.levels if self.encoding is not None else {}
         raw = self.encoding.raw(names) if self.encoding is not None else list(names)
         types = {n: self.schema.field(n).type if n in labels else pa.float64() for n in raw}
-        convert = pc.ConvertOptions(include_columns=raw, column_types=types)
+        # An empty label is missing, as pandas reads it (not a level "" that sorts first)
+        convert = pc.ConvertOptions(include_columns=raw, column_types=types, strings_can_be_null=True)
         rows = 0
         self.verify(file)
         try:
