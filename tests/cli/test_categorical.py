@@ -169,19 +169,54 @@ def test_a_forced_integer_column_equals_statsmodels_c(cli, workdir) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
+def test_ddp_two_processes_equal_one_in_memory_and_streamed(tmp_path: Path) -> None:
     frame = grunfeld()
     frame.to_csv(tmp_path / "grunfeld.csv", index=False)
+    (tmp_path / "parts").mkdir()
+    for k, chunk in enumerate(np.array_split(np.arange(len(frame)), 4)):
+        frame.iloc[chunk].to_parquet(tmp_path / f"parts/{k}.parquet", index=False, row_group_size=20)
+    streamed = ("--data.path", str(tmp_path / "parts"), "--data.stream", "true", "--data.batch_size", "32")
     runs = {}
-    for name, extra in (("one", ()), ("ddp", DDP)):
+    for name, extra in (
+        ("one", ("--data.path", str(tmp_path / "grunfeld.csv"))),
+        ("ddp", ("--data.path", str(tmp_path / "grunfeld.csv"), *DDP)),
+        ("ddp streamed", (*streamed, "--data.shuffle", "none", *DDP)),
+    ):
         (tmp_path / name).mkdir()
-        linreg(tmp_path / name, *FIT, "--data.path", str(tmp_path / "grunfeld.csv"), *extra)
+        linreg(tmp_path / name, *FIT, *extra)
         runs[name] = summary(tmp_path / name)
-    assert runs["ddp"]["features"] == runs["one"]["features"]
-    one, ddp = runs["one"]["targets"]["invest"], runs["ddp"]["targets"]["invest"]
-    for name in runs["one"]["features"]:
-        np.testing.assert_allclose(ddp["fitted"]["coef"][name], one["fitted"]["coef"][name], rtol=1e-9)
-        np.testing.assert_allclose(
-            ddp["inference"]["coef"][name]["se"], one["inference"]["coef"][name]["se"], rtol=1e-9
-        )
-    assert_equals_statsmodels(runs["ddp"], ols(frame))
+    one = runs["one"]["targets"]["invest"]
+    for name in ("ddp", "ddp streamed"):
+        assert runs[name]["features"] == runs["one"]["features"], name
+        ddp = runs[name]["targets"]["invest"]
+        for feature in runs["one"]["features"]:
+            np.testing.assert_allclose(ddp["fitted"]["coef"][feature], one["fitted"]["coef"][feature], rtol=1e-9)
+            se = ddp["inference"]["coef"][feature]["se"], one["inference"]["coef"][feature]["se"]
+            np.testing.assert_allclose(*se, rtol=1e-9)
+        assert_equals_statsmodels(runs[name], ols(frame))
+
+
+def test_robust_errors_intervals_and_validate_with_indicators(cli, workdir, capsys) -> None:
+    """Parts 3 and 4 of issue 26 on a model with indicator columns: HC3 standard errors and predict
+    --interval equal statsmodels' formula fit; validate re-encodes its table with the checkpoint's levels."""
+    import statsmodels.formula.api as smf
+
+    frame = grunfeld()
+    frame.to_csv(workdir / "grunfeld.csv", index=False)
+    assert cli(*FIT, "--data.path", "grunfeld.csv", "--model.cov_type", "HC3") == 0
+    ref = smf.ols("invest ~ firm + value + capital", frame).fit(cov_type="HC3")
+    assert_equals_statsmodels(summary(workdir), ref)
+    ckpt = str(last_ckpt(workdir))
+    new = frame.iloc[3::10]
+    new.drop(columns="invest").to_csv(workdir / "new.csv", index=False)
+    args = ("--data.path", "new.csv", "--data.id_column", "year", "--output", "p.csv", "--interval", "0.9")
+    assert cli("predict", "--ckpt_path", ckpt, *args) == 0
+    got = pd.read_csv(workdir / "p.csv")
+    want = ref.get_prediction(new).summary_frame(alpha=0.1)
+    np.testing.assert_allclose(got["invest"], want["mean"], rtol=1e-8)
+    for ours, theirs in (("mean_lower", "mean_ci_lower"), ("upper", "obs_ci_upper")):
+        np.testing.assert_allclose(got[f"invest_{ours}"], want[theirs], rtol=1e-6, err_msg=ours)
+    capsys.readouterr()
+    assert cli("validate", "--ckpt_path", ckpt, "--data.path", "grunfeld.csv", *QUIET) == 0
+    out = capsys.readouterr().out
+    assert "val/r2" in out and f"{ref.rsquared:.6f}"[:6] in out
