@@ -10,6 +10,7 @@ Never imports Lightning; ``streams.StreamRows`` serves row ranges from a ``Sourc
 from __future__ import annotations
 
 import ctypes
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -215,6 +216,7 @@ class Source:
             else:
                 types = {name: self.schema.field(name).type}
                 convert = pc.ConvertOptions(include_columns=[name], column_types=types, strings_can_be_null=True)
+                self.verify(file)
                 blocks = (b.column(0) for b in pc.open_csv(file, self._csv_options(CSV_BLOCK), convert_options=convert))
             for block in _named(file, blocks):
                 found.update(find_levels(_values(block), name, file, None, rows))
@@ -223,20 +225,26 @@ class Source:
                     too_many(name, self.path, sorted_levels(found)[limit], limit)
         return sorted_levels(found)
 
-    def arrays(self, table: Any, names: Sequence[str], where: str) -> list[np.ndarray]:
+    def arrays(self, table: Any, names: Sequence[str], where: str, offset: int | None = None) -> list[np.ndarray]:
         """An Arrow table's columns for ``names``: indicators of categorical columns, the others as stored."""
         if self.encoding is None or not self.encoding.touches(names):
             return [table.column(name).to_numpy(zero_copy_only=False) for name in names]
-        return self.encoding.arrays(names, lambda name: _values(table.column(name)), where, None)
+        return self.encoding.arrays(names, lambda name: _values(table.column(name)), where, offset)
 
     def _matrix(
-        self, table: Any, names: Sequence[str], where: str, dtype: torch.dtype = torch.float64, order: Any = "F"
+        self,
+        table: Any,
+        names: Sequence[str],
+        where: str,
+        dtype: torch.dtype = torch.float64,
+        order: Any = "F",
+        offset: int | None = None,
     ) -> np.ndarray:
         """Arrow columns as one n × len(names) array (one conversion, a column at a time); nulls become NaN
         (named by ``check``). Column-major fills fastest; row-major is the layout ``Decoded`` keeps."""
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         out = np.empty((table.num_rows, len(names)), dtype=np_dtype, order=order)
-        for j, column in enumerate(self.arrays(table, names, where)):
+        for j, column in enumerate(self.arrays(table, names, where, offset)):
             out[:, j] = column
         return out
 
@@ -291,8 +299,11 @@ class Source:
             if self.kind == "parquet":
                 dtype = self.stored_dtype(names) if rows else torch.float64
                 order: Literal["C", "F"] = "C" if rows else "F"
-                groups = range(len(self.groups[i]))
-                yield (self._matrix(self.read_group(i, g, names), names, file, dtype, order) for g in groups)
+                firsts = itertools.accumulate(self.groups[i], initial=0)  # each group's first row in its file
+                yield (
+                    self._matrix(self.read_group(i, g, names), names, file, dtype, order, first)
+                    for g, first in zip(range(len(self.groups[i])), firsts)
+                )
             else:
                 yield self.csv_blocks(file, names)
 
@@ -311,7 +322,7 @@ class Source:
             with pc.open_csv(file, read_options=self._csv_options(CSV_BLOCK), convert_options=convert) as r:
                 for batch in r:
                     rows += batch.num_rows
-                    yield self._matrix(batch, names, file)
+                    yield self._matrix(batch, names, file, offset=rows - batch.num_rows)
         except pa.ArrowInvalid as exc:  # text in a number column: find where, to name it
             raise LinRegError(self._csv_text(file, names, rows) or f"{file}: {reason(exc)}") from exc
 

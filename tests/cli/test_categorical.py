@@ -93,10 +93,11 @@ def test_fit_in_memory_and_streamed_equal_statsmodels_and_predict_round_trips(cl
     unseen = new.head(3).copy()
     unseen.loc[unseen.index[1], "firm"] = "Ford"
     unseen.to_csv(workdir / "unseen.csv", index=False)
-    assert cli("predict", "--ckpt_path", str(ckpt), "--data.path", "unseen.csv", "--data.id_column", "year",
-               "--output", "u.csv") == 1  # fmt: skip
-    line = error_line(capsys)
-    assert "'firm' row 2 holds level 'Ford'" in line and "never held" in line
+    for stream in ("false", "true"):
+        args = ("--data.path", "unseen.csv", "--data.stream", stream, "--data.id_column", "year", "--output", "u.csv")
+        assert cli("predict", "--ckpt_path", str(ckpt), *args) == 1
+        line = error_line(capsys)
+        assert "unseen.csv: column 'firm' row 2 holds level 'Ford'" in line and "never held" in line
     assert not (workdir / "u.csv").exists()
 
 
