@@ -152,6 +152,9 @@ def test_refusals_name_the_column(cli, workdir, capsys) -> None:
     line = error_line(capsys)
     assert "column 'value' is not numeric (row 1: '3,078.5'); write numbers without thousands separators" in line
 
+    assert cli(*base, "--data.path", "grunfeld.csv", "--data.fit_intercept", "false") == 1
+    assert "set --model.fit_intercept instead" in error_line(capsys)  # the data's follows the model's
+
     assert cli(*base, "--data.path", "grunfeld.csv", "--data.categorical", "[year, nothing]") == 1
     assert "--data.categorical names ['nothing'], which are not features" in error_line(capsys)
 
