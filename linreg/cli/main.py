@@ -134,3 +134,4 @@ def _run(args: list[str] | None) -> Result | None:
         print(f"linreg: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
     return result if args is not None else None
+
