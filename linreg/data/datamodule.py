@@ -125,6 +125,7 @@ class LinRegData(L.LightningDataModule):
         self._target = [target] if isinstance(target, str) else (list(target) if target else None)
         self._features = list(features) if features else None
         self._encoding: Encoding | None = None  # the categorical columns' indicators, once the table is read
+        self._judged = False  # whether the features' categorical columns were found (once: a streamed pass)
         self._table: Table | None = None
         self._tensors: tuple[Tensor, Tensor | None] | None = None
         # Each split as the file holds it (``_exact``: what the least-squares solver reads) and as
@@ -205,7 +206,7 @@ class LinRegData(L.LightningDataModule):
         overlap = sorted(set(self._features) & set(self.target_names))
         if overlap:
             raise LinRegError(f"columns {overlap} are both features and targets")
-        if table is not None and table.encoding is None:
+        if table is not None and not self._judged:
             mode = self.hparams.categorical
             if isinstance(mode, dict) and mode:  # a checkpoint's features: indicator names, back to their columns
                 self._features = Encoding(mode, self.hparams.fit_intercept).raw(self._features)
@@ -213,6 +214,7 @@ class LinRegData(L.LightningDataModule):
             if levels:
                 self._encoding = table.encoding = Encoding(levels, self.hparams.fit_intercept)
                 self._features = self._encoding.raw(self._features)
+            self._judged = True
         return self._encoding.names(self._features) if self._encoding is not None else self._features
 
     def _say_skipped(self, nameless: list[str], text: list[str]) -> None:
