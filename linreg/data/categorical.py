@@ -35,7 +35,7 @@ def sorted_levels(values: Iterable[Any]) -> list[Level]:
     """Distinct values in statsmodels' order: numbers numerically, text alphabetically."""
     distinct = {plain(v) for v in values}
     try:
-        return sorted(distinct)  # type: ignore[type-var]
+        return sorted(distinct)
     except TypeError:  # text and numbers in one column (a Parquet object column): an order, if not a natural one
         return sorted(distinct, key=lambda v: (type(v).__name__, str(v)))
 
