@@ -137,7 +137,9 @@ class Table:
             return bool(dtype.kind == "b")
         import pandas as pd
 
-        return not self.is_numeric(name) or pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype)
+        types = pd.api.types  # not datetimes: they stay refused as not numeric, streamed or not
+        text = types.is_object_dtype(dtype) or types.is_string_dtype(dtype)
+        return bool(text or types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype))
 
     def levels(self, name: str, limit: int | None = MAX_LEVELS) -> list[Level]:
         """A categorical column's levels over every row (a streamed table reads just this column)."""
