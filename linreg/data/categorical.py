@@ -77,6 +77,20 @@ def indicator_name(column: str, level: Level, reference: bool) -> str:
     return f"{column}[{'T.' if reference else ''}{level}]"
 
 
+def _arrow_codes(values: Any, levels: list[Level]) -> np.ndarray | None:
+    """Each label's index in ``levels`` (-1 for an unknown or empty one) by pyarrow's hash lookup; None
+    when the levels do not convert to the column's Arrow type (then pandas compares them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        found = pc.index_in(values, value_set=pa.array(levels, type=values.type))
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    codes: np.ndarray = found.fill_null(-1).to_numpy(zero_copy_only=False)
+    return codes
+
+
 class Encoding:
     """The indicators of a model's categorical columns: each column's levels (all of them, sorted, as the
     training rows held them) and the ones that get an indicator.
@@ -115,18 +129,21 @@ class Encoding:
     def touches(self, names: Sequence[str]) -> bool:
         return any(n in self.column_of for n in names)
 
-    def codes(self, values: np.ndarray, column: str, where: str, offset: int | None = 0) -> np.ndarray:
+    def codes(self, values: Any, column: str, where: str, offset: int | None = 0) -> np.ndarray:
         """Each row's level as its index in the column's levels; an empty cell or a level the training rows
         never held is refused (its indicators would all be 0: the reference level's prediction, silently)."""
-        import pandas as pd
-
         levels = self.levels[column]
-        codes = np.asarray(pd.Categorical(values, categories=levels).codes)
+        codes = _arrow_codes(values, levels) if hasattr(values, "type") else None
+        if codes is None:
+            import pandas as pd
+
+            values = values.to_numpy(zero_copy_only=False) if hasattr(values, "type") else values
+            codes = np.asarray(pd.Categorical(values, categories=levels).codes)
         bad = codes < 0
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             at = f" row {offset + row + 1}" if offset is not None else ""
-            value = values[row]
+            value = values[row].as_py() if hasattr(values, "type") else values[row]
             if missing(value):
                 raise LinRegError(f"{where}: column {column!r}{at} is empty; a categorical column needs a level")
             raise LinRegError(
@@ -136,7 +153,7 @@ class Encoding:
         return codes
 
     def arrays(
-        self, names: Sequence[str], column: Callable[[str], np.ndarray], where: str, offset: int | None = 0
+        self, names: Sequence[str], column: Callable[[str], Any], where: str, offset: int | None = 0
     ) -> list[np.ndarray]:
         """One array per feature name: an indicator (float64 0/1) or the column ``column(name)`` returns."""
         codes: dict[str, np.ndarray] = {}
