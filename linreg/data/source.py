@@ -336,7 +336,8 @@ class Source:
                     rows += batch.num_rows
                     yield self._matrix(batch, names, file, offset=rows - batch.num_rows)
         except pa.ArrowInvalid as exc:  # text in a number column: find where, to name it
-            raise LinRegError(self._csv_text(file, names, rows) or f"{file}: {reason(exc)}") from exc
+            numbers = [n for n in raw if n not in labels]
+            raise LinRegError(self._csv_text(file, numbers, rows) or f"{file}: {reason(exc)}") from exc
 
     def _csv_text(self, file: str, names: Sequence[str], skip: int) -> str | None:
         """The first cell after ``skip`` rows that is not a number, as a message naming file, column and row."""
