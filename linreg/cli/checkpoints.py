@@ -263,6 +263,10 @@ def take_checkpoint_settings(cfg: Namespace, given: Namespace | None, ckpt: dict
         _take(cfg, given, f"data.{data_key}", hp.get(model_key), path)
     for key in MODEL_FROM_CHECKPOINT:
         _take(cfg, given, f"model.{key}", hp.get(key), path)
+    # The levels behind the model's indicator features ({} when it has none: a bool column stays a number);
+    # absent from a checkpoint written before categorical columns, whose features were all numbers.
+    levels = (ckpt.get("LinRegData") or {}).get("categories", {})
+    _take(cfg, given, "data.categorical", levels, path)
     # The other model settings (penalties, averaging, tolerance): an omitted one is the checkpoint's,
     # not the default; a given one that differs is used, and named.
     differ = []

@@ -191,7 +191,8 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         if name in s["metrics"]:
             lines.append(f"  {name:<15} {s['metrics'][name]:.6g}")
     fitted = "sgd" if s["solver"] == "sgd" else "lstsq"
-    header = f"  {'target':<10} {'term':<16} {fitted:>14} {'closed form':>14}"
+    wide = max([16, *map(len, s["features"])])  # an indicator's name (firm[T.General Electric]) is long
+    header = f"  {'target':<10} {'term':<{wide}} {fitted:>14} {'closed form':>14}"
     robust = s["optimum"] is not None and s["optimum"]["cov_type"] != "nonrobust"
     stat = "z" if robust else "t"  # statsmodels' robust covariances go with the normal distribution
     if any(d["inference"] for d in s["targets"].values()):  # a column only when it has values
@@ -207,7 +208,7 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         if d["fitted"]["intercept"] is not None:
             terms.append(("(intercept)", d["fitted"]["intercept"], cf["intercept"], inf.get("intercept")))
         for name, value, closed, stats in terms:
-            row = f"  {t:<10} {name:<16} {value:>14.6g} {closed if closed is not None else nan:>14.6g}"
+            row = f"  {t:<10} {name:<{wide}} {value:>14.6g} {closed if closed is not None else nan:>14.6g}"
             if stats:
                 ci = f"[{stats['ci_low']:.5g}, {stats['ci_high']:.5g}]"
                 row += f" {stats['se']:>11.4g} {stats['t']:>9.4g} {stats['p']:>9.3g}  {ci:>25}"

@@ -23,6 +23,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from linreg.data.batches import Batches, Shuffle
+from linreg.data.categorical import Categorical, Encoding, categorical_columns, refuse_text
 from linreg.data.progress import Progress
 from linreg.data.rows import CHUNK_ROWS, RecordRows, Rows, mean_scale
 from linreg.data.streams import StreamRows
@@ -71,6 +72,13 @@ class LinRegData(L.LightningDataModule):
             this many rows (see ``Batches``); 0 means one batch per step. Results do not change.
         stream: read Parquet and CSV tables by row range as training goes instead of whole (see
             ``streams``). ``auto``: folders, globs and files larger than memory comfortably holds.
+        categorical: feature columns encoded as indicators, one per level as statsmodels' formulas do
+            (``firm[T.GM]``; see ``categorical``). ``auto`` (default): text, pandas ``category``,
+            dictionary-encoded Parquet and bool columns of at most 50 levels; ``none``: numbers only; a
+            list: these columns (integer codes too); a mapping column: levels fixes the levels (what a
+            checkpoint holds).
+        fit_intercept: whether the model has an intercept: the CLI sets it from ``--model.fit_intercept``.
+            With one, each categorical column's first level is the reference and gets no indicator.
     """
 
     def __init__(
@@ -90,6 +98,8 @@ class LinRegData(L.LightningDataModule):
         standardize_target: bool = False,
         rows_per_step: int = 262_144,
         stream: bool | Literal["auto"] = "auto",
+        categorical: Categorical = "auto",
+        fit_intercept: bool = True,
     ) -> None:
         super().__init__()
         # The model's hyperparameters hold the decided value (linked from ``self.standardize``); here it
@@ -114,6 +124,8 @@ class LinRegData(L.LightningDataModule):
         self.standardize, self.standardize_target = standardize, standardize_target
         self._target = [target] if isinstance(target, str) else (list(target) if target else None)
         self._features = list(features) if features else None
+        self._encoding: Encoding | None = None  # the categorical columns' indicators, once the table is read
+        self._judged = False  # whether the features' categorical columns were found (once: a streamed pass)
         self._table: Table | None = None
         self._tensors: tuple[Tensor, Tensor | None] | None = None
         # Each split as the file holds it (``_exact``: what the least-squares solver reads) and as
@@ -174,7 +186,12 @@ class LinRegData(L.LightningDataModule):
             skip = set(self.target_names) | {self.id_column}
             candidates = [c for c in table.columns if c not in skip]
             nameless = [c for c in candidates if unnamed(c)]
-            text = [c for c in candidates if not unnamed(c) and not table.looks_numeric(c)]
+            mode = self.hparams.categorical
+            listed = mode if isinstance(mode, (list, dict)) else []
+            text = [c for c in candidates if not unnamed(c) and c not in listed and not table.looks_numeric(c)]
+            if mode == "none" and text:
+                refuse_text(table.source, text[0], table.sample(text[0])[0])
+            text = [] if mode == "auto" else text  # auto: text columns are categories (or refused, by name)
             self._features = [c for c in candidates if c not in nameless and c not in text]
             if not self._features:
                 raise LinRegError(f"{self.path}: no numeric feature columns besides the target {self.target_names}")
@@ -189,7 +206,16 @@ class LinRegData(L.LightningDataModule):
         overlap = sorted(set(self._features) & set(self.target_names))
         if overlap:
             raise LinRegError(f"columns {overlap} are both features and targets")
-        return self._features
+        if table is not None and not self._judged:
+            mode = self.hparams.categorical
+            if isinstance(mode, dict) and mode:  # a checkpoint's features: indicator names, back to their columns
+                self._features = Encoding(mode, self.hparams.fit_intercept).raw(self._features)
+            levels = categorical_columns(table, self._features, mode)
+            if levels:
+                self._encoding = table.encoding = Encoding(levels, self.hparams.fit_intercept)
+                self._features = self._encoding.raw(self._features)
+            self._judged = True
+        return self._encoding.names(self._features) if self._encoding is not None else self._features
 
     def _say_skipped(self, nameless: list[str], text: list[str]) -> None:
         """Columns left out of the default features, in one line each: nothing silently dropped."""
@@ -214,7 +240,9 @@ class LinRegData(L.LightningDataModule):
     def _xy(self, table: Table, need_target: bool) -> tuple[Rows, Rows | None]:
         """Features and targets as the file holds them (see ``Table.matrix``)."""
         fit32 = self.dtype == torch.float32
-        x = table.matrix(self.feature_names, dtype=None, fit_float32=fit32)
+        features = self.feature_names
+        table.encoding = self._encoding  # a validation, test or prediction table: the training rows' levels
+        x = table.matrix(features, dtype=None, fit_float32=fit32)
         if not need_target:
             return x, None
         missing = [t for t in self.target_names if t not in table.columns]
@@ -269,6 +297,9 @@ class LinRegData(L.LightningDataModule):
         self.target_mean = y_mean
         if self.standardize:
             x_mean, x_scale = mean_scale(x)
+            if self._encoding is not None:  # indicators stay 0 and 1: their coefficients are level effects
+                kept = torch.from_numpy(self._encoding.indicators(self.feature_names))
+                x_mean, x_scale = x_mean.masked_fill(kept, 0.0), x_scale.masked_fill(kept, 1.0)
             if not hp.standardize_target:  # centred only: SGD learns the signal, float64 adds the mean back
                 y_scale = torch.ones(y.shape[1], dtype=y_scale.dtype)
             self.scaling = (x_mean, x_scale, y_mean, y_scale)
@@ -342,8 +373,9 @@ class LinRegData(L.LightningDataModule):
             else:
                 table = self._load()
                 assert table is not None  # a path was given
-                allowed = set(self.feature_names) | set(self.target_names) | {self.id_column}
-                missing = [c for c in self.feature_names if c not in table.columns]
+                columns = self._encoding.raw(self.feature_names) if self._encoding else self.feature_names
+                allowed = set(columns) | set(self.target_names) | {self.id_column}
+                missing = [c for c in columns if c not in table.columns]
                 nameless = [c for c in table.columns if c not in allowed and unnamed(c)]
                 extra = [c for c in table.columns if c not in allowed and c not in nameless]
                 if missing or extra:
@@ -352,12 +384,10 @@ class LinRegData(L.LightningDataModule):
                         f"unexpected column(s) {extra} (pass an id column with --data.id_column)" if extra else "",
                     ]
                     raise LinRegError(
-                        f"{self.path}: "
-                        + "; ".join(p for p in parts if p)
-                        + f"; the model expects features {self.feature_names}"
+                        f"{self.path}: " + "; ".join(p for p in parts if p) + f"; the model expects features {columns}"
                     )
                 self._say_skipped(nameless, [])
-                x = table.matrix(self.feature_names, dtype=None, fit_float32=self.dtype == torch.float32)
+                x = self._xy(table, need_target=False)[0]
             self._exact["predict"] = (x, None)
         x = self._exact["predict"][0]
         self._splits["predict"] = (self._as_dtype(x), None)
@@ -388,7 +418,9 @@ class LinRegData(L.LightningDataModule):
             self._fingerprint = self._table_fingerprint()
         batches = self._train_batches
         mid_epoch = isinstance(batches, Batches) and 0 < batches.served < len(batches)
-        return {"train_table": self._fingerprint, "mid_epoch": mid_epoch}
+        # The levels the model's indicators stand for: predict, validate and test encode their tables with them.
+        levels = self._encoding.levels if self._encoding is not None else {}
+        return {"train_table": self._fingerprint, "mid_epoch": mid_epoch, "categories": levels}
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:

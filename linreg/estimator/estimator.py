@@ -25,7 +25,7 @@ from linreg.cli.export import export as export_checkpoint
 from linreg.data.datamodule import LinRegData
 from linreg.data.tables import default_names
 from linreg.errors import LinRegError
-from linreg.estimator.params import ParameterError, as_numpy, check_params, quiet, target_names
+from linreg.estimator.params import ParameterError, as_numpy, check_params, quiet, refuse_labels, target_names
 from linreg.training.checkpoint_io import AtomicCheckpointIO
 from linreg.training.module import LinRegModule
 
@@ -116,6 +116,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
     def fit(self, X: Any, y: Any) -> LinearRegressor:
         """Fit on X (n × d: numpy, pandas, torch) and y (n or n × k) with ``trainer.fit``."""
         check_params(self)
+        refuse_labels(X)
         targets = target_names(y)
         X, y = validate_data(self, as_numpy(X), as_numpy(y), dtype=np.float64, multi_output=True, y_numeric=True)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y

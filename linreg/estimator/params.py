@@ -64,6 +64,7 @@ def check_params(est: Any) -> None:
         raise bad("seed", "an integer")
     if not (integer(est.rows_per_step) and est.rows_per_step >= 0):
         raise bad("rows_per_step", "an integer at least 0")
+
     def limit(value: Any) -> bool:
         return integer(value) and (value >= 1 or value == -1)
 
@@ -92,6 +93,27 @@ def check_params(est: Any) -> None:
 def as_numpy(a: Any) -> Any:
     """A torch tensor as numpy (scikit-learn's validation reads numpy and pandas)."""
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+
+
+def refuse_labels(X: Any) -> None:
+    """A DataFrame's text and ``category`` columns, named: scikit-learn's own refusal ("could not convert
+    string to float") names neither the column nor the way to encode it. Bool columns are 0 and 1, as before."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None:
+        return
+    import pandas as pd
+
+    labels = [
+        str(c)
+        for c, t in dtypes.items()
+        if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t)) or isinstance(t, pd.CategoricalDtype)
+    ]
+    if labels:
+        raise ParameterError(
+            f"LinearRegressor takes numbers; column(s) {labels} hold labels (text or category): encode "
+            "them first (pandas.get_dummies(X, columns=..., drop_first=True), or scikit-learn's OneHotEncoder), "
+            "or fit from a table with `linreg fit`, which encodes them (--data.categorical)"
+        )
 
 
 def target_names(y: Any) -> list[str] | None:
