@@ -99,11 +99,12 @@ def weighted_mse(z: Tensor, t: Tensor, w: Tensor, world: int, total: float | Non
     sse = (wc * (z - t).square()).sum()
     k = z.shape[1]
     local = w.sum(dtype=torch.float64)
-    logged = sse.detach() / (local.clamp_min(torch.finfo(torch.float64).tiny) * k).to(sse.dtype)
+    mean = (torch.where(local > 0, local, 1.0) * k).to(sse.dtype)  # all weights 0: Σw·r² is 0 too
+    logged = sse.detach() / mean
     if world == 1:
-        return sse / (local.clamp_min(torch.finfo(torch.float64).tiny) * k).to(sse.dtype), logged
+        return sse / mean, logged
     assert total is not None  # WeightedBatches gives every DDP batch its global weight sum
-    return sse * (world / (max(total, torch.finfo(torch.float64).tiny) * k)), logged
+    return sse * (world / ((total if total > 0 else 1.0) * k)), logged
 
 
 STAGES = ("train", "val", "test")
