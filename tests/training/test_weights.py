@@ -61,7 +61,7 @@ def test_ddp_shares_of_the_weighted_loss_add_up_to_the_global_gradient() -> None
         return torch.cat([lin.weight.grad.flatten(), lin.bias.grad])
 
     whole = grad(weighted_mse(lin(x), t, w, 1, None)[0])
-    want = grad(((w[:, None] * (lin(x) - t) ** 2).sum() / (w.sum() * 2)))
+    want = grad((w[:, None] * (lin(x) - t) ** 2).sum() / (w.sum() * 2))
     torch.testing.assert_close(whole, want)
     total = float(w.sum())
     ranks = [grad(weighted_mse(lin(x[part]), t[part], w[part], 2, total)[0]) for part in (slice(0, 5), slice(5, 9))]
