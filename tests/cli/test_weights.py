@@ -139,6 +139,12 @@ def test_streamed_parquet_folder_equals_in_memory(cli, workdir) -> None:
         path = ("--data.path", str(workdir / data[0]), *data[1:], "--data.batch_size", "100", "--data.shuffle", "none")
         assert cli(*FIT, *path, "--model.cov_type", "HC3") == 0
         runs[name] = summary(workdir / name)
+        sgd = ("fit", "--data.target", "target", "--data.weights", "w", "--trainer.max_epochs", "2", *QUIET)
+        assert cli(*sgd, *path, "--data.shuffle", "blocks") == 0  # Parquet blocks in a seeded order, both alike
+        runs[name + "_sgd"] = summary(workdir / name)
+    np.testing.assert_allclose(params(runs["stream_sgd"], "sgd"), params(runs["mem_sgd"], "sgd"), rtol=1e-5)
+    mse = [runs[name]["metrics"]["train/mse"] for name in ("stream_sgd", "mem_sgd")]
+    np.testing.assert_allclose(mse[0], mse[1], rtol=1e-5)
     mem, stream = runs["mem"], runs["stream"]
     np.testing.assert_allclose(params(stream), params(mem), rtol=1e-10)
     np.testing.assert_allclose(stats(stream, "se"), stats(mem, "se"), rtol=1e-10)
