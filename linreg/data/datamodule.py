@@ -120,9 +120,6 @@ class LinRegData(L.LightningDataModule):
         self.standardize, self.standardize_target = standardize, standardize_target
         self._target = [target] if isinstance(target, str) else (list(target) if target else None)
         self._features = list(features) if features else None
-        self.weights = weights
-        self._weights_tensor: Tensor | None = None  # from_tensors' sample weights
-        self._fitting = False  # the training table must hold the weights column; others may not
         self._table: Table | None = None
         self._tensors: tuple[Tensor, Tensor | None] | None = None
         # Each split as the file holds it (``_exact``: what the least-squares solver reads) and as
@@ -134,6 +131,9 @@ class LinRegData(L.LightningDataModule):
         self.target_mean: Tensor | None = None
         self._fingerprint: list[list[str | int]] | None = None
         self._train_batches: Batches | list[Batches] = []
+        self.weights = weights
+        self._weights_tensor: Tensor | None = None  # from_tensors' sample weights
+        self._fitting = False  # the training table must hold the weights column; others may not
 
     @property
     def hparams(self) -> AttributeDict:
@@ -207,15 +207,15 @@ class LinRegData(L.LightningDataModule):
                     f"rarely a feature, and is one; keep it and silence this with --data.features "
                     f"[{','.join(self._features)}], or pass it through to predictions with --data.id_column {ids[0]}"
                 )
-        overlap = sorted(set(self._features) & set(self.target_names))
-        if overlap:
-            raise LinRegError(f"columns {overlap} are both features and targets")
         for role, names in (("--data.features", self._features), ("--data.target", self.target_names)):
             if self.weights is not None and self.weights in names:
                 raise LinRegError(
                     f"--data.weights {self.weights!r} is also named in {role}; a weights column is never a "
                     "feature or a target"
                 )
+        overlap = sorted(set(self._features) & set(self.target_names))
+        if overlap:
+            raise LinRegError(f"columns {overlap} are both features and targets")
         return self._features
 
     def _say_skipped(self, nameless: list[str], text: list[str]) -> None:
@@ -387,10 +387,10 @@ class LinRegData(L.LightningDataModule):
             else:
                 table = self._load()
                 assert table is not None  # a path was given
-                allowed = set(self.feature_names) | set(self.target_names) | {self.id_column, self.weights}
+                allowed = set(self.feature_names) | set(self.target_names) | {self.id_column}
                 missing = [c for c in self.feature_names if c not in table.columns]
                 nameless = [c for c in table.columns if c not in allowed and unnamed(c)]
-                extra = [c for c in table.columns if c not in allowed and c not in nameless]
+                extra = [c for c in table.columns if c not in allowed and c not in nameless and c != self.weights]
                 if missing or extra:
                     parts = [
                         f"missing feature column(s) {missing}" if missing else "",
