@@ -126,14 +126,14 @@ class LinRegData(L.LightningDataModule):
         # SGD trains on it (``_splits``: float32, or float64 under --trainer.precision 64-true).
         self._exact: dict[str, tuple[Rows, Rows | None]] = {}
         self._splits: dict[str, tuple[Rows, Rows | None]] = {}
+        self.weights = weights
+        self._weights_tensor: Tensor | None = None  # from_tensors' sample weights
+        self._fitting = False  # the training table must hold the weights column; others may not
         self.dtype = torch.float32
         self.scaling: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self.target_mean: Tensor | None = None
         self._fingerprint: list[list[str | int]] | None = None
         self._train_batches: Batches | list[Batches] = []
-        self.weights = weights
-        self._weights_tensor: Tensor | None = None  # from_tensors' sample weights
-        self._fitting = False  # the training table must hold the weights column; others may not
 
     @property
     def hparams(self) -> AttributeDict:

@@ -22,8 +22,9 @@ from torchmetrics import Metric
 
 
 class RegressionSums(Metric):
-    """One float64 vector of sums, reduced over DDP ranks: [rows, Σw, Σ loss·w, Σwe², Σw|e|, Σw(y−c),
-    Σw(y−c)²] (the last four per target; w the rows' sample weights, 1 without). ``batch_sums`` makes a
+    """One float64 vector of sums, reduced over DDP ranks: [rows, Σ loss·w, Σwe², Σw|e|, Σw(y−c),
+    Σw(y−c)², Σw] (the middle four per target; w the rows' sample weights, 1 without: the weight sum last,
+    so the unweighted layout keeps its places). ``batch_sums`` makes a
     batch's; ``update`` adds them, once per Lightning step for a group of SGD updates (the Metric's own
     bookkeeping costs more than the sums at small batches)."""
 
@@ -43,8 +44,8 @@ class RegressionSums(Metric):
         """Per target: MSE and MAE; R² (NaN where undefined: fewer than two rows, or a constant target);
         and the epoch's loss, the weighted mean of the batch losses. ``rows``: 0 when no rank saw a
         row (then nothing here means anything)."""
-        rows, weight, loss = self.sums[0], self.sums[1], self.sums[2]
-        sse, sae, sum_t, sum_t2 = self.sums[3:].reshape(4, self.k)
+        rows, loss, weight = self.sums[0], self.sums[1], self.sums[-1]
+        sse, sae, sum_t, sum_t2 = self.sums[2:-1].reshape(4, self.k)
         n = torch.where(weight > 0, weight, torch.ones_like(weight))  # the row count without sample weights
         sst = sum_t2 - sum_t.square() / n
         defined = (rows >= 2) & (sst > 0)
@@ -81,7 +82,7 @@ def batch_sums(
             (wc * tc).sum(0, dtype=f64),
             (wc * tc.square()).sum(0, dtype=f64),
         )
-    return torch.cat([torch.stack([count, weight, _weighted(loss, weight)]), *parts])
+    return torch.cat([torch.stack([count, _weighted(loss, weight)]), *parts, weight[None]])
 
 
 def _weighted(loss: Tensor | None, weight: Tensor) -> Tensor:
