@@ -82,13 +82,14 @@ def batch_sums(
             (wc * tc).sum(0, dtype=f64),
             (wc * tc.square()).sum(0, dtype=f64),
         )
-    return torch.cat([torch.stack([count, _weighted(loss, weight)]), *parts, weight[None]])
+    loss_sum = _weighted(loss, rows, y.device) if w is None else _weighted(loss, 1, y.device) * weight
+    return torch.cat([torch.stack([count, loss_sum]), *parts, weight[None]])
 
 
-def _weighted(loss: Tensor | None, weight: Tensor) -> Tensor:
+def _weighted(loss: Tensor | None, rows: int, device: torch.device) -> Tensor:
     if loss is None:
-        return torch.zeros_like(weight)
-    return loss.detach().to(torch.float64) * weight
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return loss.detach().to(torch.float64) * rows
 
 
 def weighted_mse(z: Tensor, t: Tensor, w: Tensor, world: int, total: float | None) -> tuple[Tensor, Tensor]:
