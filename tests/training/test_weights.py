@@ -104,3 +104,15 @@ def test_sgd_reaches_the_wls_optimum(batch_size: int | None) -> None:
     if batch_size is None:  # within 1e-6 of the optimum's MSE: the coefficients too (1e-3 leaves a weak direction free)
         w_coef, _ = module.coefficients()
         np.testing.assert_allclose(w_coef[0].double().numpy(), ref.params[1:], rtol=0.02)
+
+
+def test_a_mid_epoch_checkpoint_of_the_older_sums_layout_is_taken_fresh() -> None:
+    """Before sample weights the sums had no weight sum (2 + 4k values): a resumed fit starts them afresh."""
+    from linreg.training.metrics import adopt_metric_states
+
+    module = LinRegModule(2, 1)
+    mine = module.state_dict()
+    state = dict(mine) | {"train_sums.sums": torch.ones(2 + 4)}
+    adopt_metric_states(state, mine)
+    assert state["train_sums.sums"].shape == (3 + 4,)
+    module.load_state_dict(state)
