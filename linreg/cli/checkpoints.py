@@ -261,6 +261,8 @@ def take_checkpoint_settings(cfg: Namespace, given: Namespace | None, ckpt: dict
         cfg.trainer.precision = "64-true"
     for data_key, model_key in DATA_FROM_CHECKPOINT:
         _take(cfg, given, f"data.{data_key}", hp.get(model_key), path)
+    # the sample weights' column: never a feature, so a predict table may hold it (and validate weighs by it)
+    _take(cfg, given, "data.weights", (ckpt.get("datamodule_hyper_parameters") or {}).get("weights"), path)
     for key in MODEL_FROM_CHECKPOINT:
         _take(cfg, given, f"model.{key}", hp.get(key), path)
     # The levels behind the model's indicator features ({} when it has none: a bool column stays a number);

@@ -58,6 +58,8 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "rows": getattr(opt, "n", None),
+        # --data.weights: the fit is weighted least squares and every mse / mae / r2 here is weighted
+        "weights": getattr(getattr(trainer, "datamodule", None), "weights", None),
         "solver": hp.solver,
         "features": features,
         "targets": per_target,
@@ -182,6 +184,8 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
     """Print the fit as a short table and save it as summary.json beside the checkpoint."""
     s = fit_summary(model, trainer)
     lines = [f"linreg: fit done, {s['epochs']} epoch(s), {s['steps']} step(s)"]
+    if s["weights"]:
+        lines.append(f"  weights         column {s['weights']!r}: weighted least squares; losses and metrics weighted")
     if "train/loss" in s["metrics"]:
         lines.append(f"  final loss      {s['metrics']['train/loss']:.8f}")
     if "train/loss" in s["epoch_means"] and s["epoch_means"] != s["metrics"]:
@@ -243,6 +247,7 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
                 if part.get("dropped"):
                     lines.append(f"  {t}: the {name} solution dropped {', '.join(part['dropped'])} (coefficient 0)")
         what = "objective (MSE + penalties, model units)" if opt["penalized"] else "mse"
+        what = f"weighted {what}" if s["weights"] else what
         if "exact_fit" in s:
             e = s["exact_fit"]
             r2 = f", R² {e['r2']:.9g}" if e["r2"] is not None else ""

@@ -113,29 +113,40 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
 
     # -- fit -----------------------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any) -> LinearRegressor:
-        """Fit on X (n × d: numpy, pandas, torch) and y (n or n × k) with ``trainer.fit``."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LinearRegressor:
+        """Fit on X (n × d: numpy, pandas, torch) and y (n or n × k) with ``trainer.fit``; ``sample_weight``
+        (n, at least 0, not all 0) makes it weighted least squares, as scikit-learn's and statsmodels' WLS."""
         check_params(self)
         refuse_labels(X)
         targets = target_names(y)
         X, y = validate_data(self, as_numpy(X), as_numpy(y), dtype=np.float64, multi_output=True, y_numeric=True)
+        weights = None
+        if sample_weight is not None:
+            w = np.asarray(as_numpy(sample_weight), dtype=np.float64).reshape(-1)
+            if w.shape[0] != X.shape[0]:
+                raise ParameterError(f"sample_weight has {w.shape[0]} values for {X.shape[0]} rows of X")
+            weights = torch.tensor(w)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
         features = list(getattr(self, "feature_names_in_", default_names("x", X.shape[1])))
         targets = targets if targets and len(targets) == Y.shape[1] else default_names("y", Y.shape[1])
         standardize = True if self.standardize == "auto" else bool(self.standardize)
         with quiet(self.verbose), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # the initial weights, as the CLI's seed_everything gives them
-            data = LinRegData.from_tensors(
-                torch.tensor(X),
-                torch.tensor(Y),
-                standardize=standardize,
-                standardize_target=self.standardize_target,
-                batch_size=self.batch_size,
-                shuffle=self.shuffle,
-                seed=self.seed,
-                val_fraction=self.val_fraction,
-                rows_per_step=self.rows_per_step,
-            )
+            try:  # a NaN, negative or all-zero weight: the CLI's one line, as a ValueError
+                data = LinRegData.from_tensors(
+                    torch.tensor(X),
+                    torch.tensor(Y),
+                    sample_weight=weights,
+                    standardize=standardize,
+                    standardize_target=self.standardize_target,
+                    batch_size=self.batch_size,
+                    shuffle=self.shuffle,
+                    seed=self.seed,
+                    val_fraction=self.val_fraction,
+                    rows_per_step=self.rows_per_step,
+                )
+            except LinRegError as exc:
+                raise ParameterError(str(exc)) from exc
             module = LinRegModule(
                 in_features=X.shape[1],
                 out_features=Y.shape[1],

@@ -40,6 +40,7 @@ from linreg.training.metrics import (
     batch_sums,
     epoch_values,
     monitorable,
+    weighted_mse,
 )
 
 Solver = Literal["sgd", "lstsq"]
@@ -381,7 +382,7 @@ class LinRegModule(L.LightningModule):
                         w.copy_(F.softshrink(w, optimizer.param_groups[0]["lr"] * self.hparams.l1))
                 if self.averaging is not None:
                     self.averaging.update(self.model, self.current_epoch)
-            sums = batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged)
+            sums = batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged, view.get("w"))
             total = sums if total is None else total + sums
         if total is not None:  # one Metric update per step, for the group's updates together
             self.train_sums.update(total)
@@ -421,9 +422,13 @@ class LinRegModule(L.LightningModule):
         makes DDP's gradient average equal the gradient of the global-batch mean. In training, the
         penalties join it: ``l2·‖W‖²`` through the gradient (every rank adds it whole, and DDP averages),
         ``l1·‖W‖₁`` only in the logged value (its step is the proximal one, see ``training_step``).
+        With sample weights (``w``) the mean is the weighted one, Σw·r² / (Σw · targets), over the global
+        batch's weight sum under DDP (``w_total``, see ``WeightedBatches``).
         """
         world = self.trainer.world_size if attached(self) else 1
-        if world == 1:
+        if "w" in batch:
+            loss, logged = weighted_mse(z, t, batch["w"], world, batch.get("w_total"))
+        elif world == 1:
             loss = F.mse_loss(z, t)
             logged = loss.detach()
         else:
@@ -452,7 +457,7 @@ class LinRegModule(L.LightningModule):
                 )
             _, logged = self._loss(z, t, view, train=False)
             getattr(self, f"{stage}_sums").update(
-                batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged)
+                batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged, view.get("w"))
             )
 
     # -- epoch ends --------------------------------------------------------------------------------
@@ -541,7 +546,7 @@ class LinRegModule(L.LightningModule):
                 x, y = view["x"].to(self.device, dtype), view["y"].to(self.device)
                 z = self._scaled(x)
                 _, logged = self._loss(z, self._target(y, dtype), view, train=split == "train")
-                sums.update(batch_sums(self._unscale(z), y, self.y_center, logged))
+                sums.update(batch_sums(self._unscale(z), y, self.y_center, logged, view.get("w")))
             values |= epoch_values(sums.compute(), split, names)
         return {key: float(value) for key, value in values.items()}
 

@@ -224,3 +224,18 @@ def test_robust_errors_intervals_and_validate_with_indicators(cli, workdir, caps
     assert cli("validate", "--ckpt_path", ckpt, "--data.path", "grunfeld.csv", *QUIET) == 0
     out = capsys.readouterr().out
     assert "val/r2" in out and f"{ref.rsquared:.6f}"[:6] in out
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_categorical_columns_with_sample_weights_equal_statsmodels_wls(stream, cli, workdir) -> None:
+    """The two parts of a real table together: indicators for the firms and a weights column (weighing each
+    firm-year by 1/capital, deterministic), in memory and streamed, equal `smf.wls` of the same formula."""
+    import statsmodels.formula.api as smf
+
+    frame = grunfeld().assign(w=lambda f: 1000.0 / f["capital"])
+    frame.to_parquet(workdir / "g.parquet") if stream == "true" else frame.to_csv(workdir / "g.csv", index=False)
+    data = "g.parquet" if stream == "true" else "g.csv"
+    flags = ("--data.path", data, "--data.weights", "w", "--data.stream", stream)
+    assert cli(*FIT, *flags, *(("--data.batch_size", "64") if stream == "true" else ())) == 0
+    ref = smf.wls("invest ~ firm + value + capital", frame, weights=frame["w"]).fit()
+    assert_equals_statsmodels(summary(workdir), ref)
