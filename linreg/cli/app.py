@@ -192,7 +192,7 @@ class LinRegCLI(LightningCLI):
         check_accelerator(cfg.trainer.get("accelerator"))
         given = self._given[str(self.subcommand)] if self._given is not None else None
         # The data drops each categorical column's reference level only when the model has an intercept
-        # (the checkpoint's, for validate, test and predict: taken into cfg.model by _parse_ckpt_path).
+        # (the checkpoint's, for validate, test and predict: taken into cfg.model with its other settings).
         told = given.get("data.fit_intercept") if given is not None else None
         if told is not None and told != cfg.model.fit_intercept:
             raise LinRegError("--data.fit_intercept follows the model's; set --model.fit_intercept instead")
@@ -223,13 +223,6 @@ class LinRegCLI(LightningCLI):
                     f"--trainer.{flag} is not supported: linreg runs its SGD updates itself "
                     "(several per Lightning step); use a larger --data.batch_size instead"
                 )
-        given = self._given[str(self.subcommand)] if self._given is not None else None
-        # The data drops each categorical column's reference level only when the model has an intercept
-        # (the checkpoint's, for validate, test and predict: taken into cfg.model by _parse_ckpt_path).
-        told = given.get("data.fit_intercept") if given is not None else None
-        if told is not None and told != cfg.model.fit_intercept:
-            raise LinRegError("--data.fit_intercept follows the model's; set --model.fit_intercept instead")
-        cfg.data.fit_intercept = cfg.model.fit_intercept
         if self.subcommand in ("validate", "test") and (given is None or given.get("trainer.logger") is None):
             cfg.trainer.logger = checkpoint_run_logger(cfg.trainer.logger, cfg.ckpt_path, self.subcommand)
         if self.subcommand == "predict":
