@@ -16,6 +16,7 @@ import torch
 from linreg.cli.app import check_accelerator
 from linreg.cli.main import NOISE
 from linreg.errors import LinRegError
+from linreg.lstsq.robust import COV_TYPES
 
 
 class ParameterError(LinRegError, ValueError):
@@ -43,6 +44,8 @@ def check_params(est: Any) -> None:
     for name in ("weight_decay", "l2", "l1"):
         if not (number(getattr(est, name)) and getattr(est, name) >= 0):
             raise bad(name, "a number at least 0")
+    if est.cov_type not in COV_TYPES:
+        raise bad("cov_type", " or ".join(", ".join(repr(c) for c in COV_TYPES).rsplit(", ", 1)))
     if est.tol != "auto" and not (number(est.tol) and est.tol >= 0):
         raise bad("tol", "a number at least 0 or 'auto'")
     for name, allowed in (("average", "auto"), ("standardize", "auto"), ("fit_intercept", None)):

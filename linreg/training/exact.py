@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from linreg.errors import LinRegError
 from linreg.lstsq import LeastSquares, Optimum
 from linreg.lstsq.robust import Sandwich, covariance
 from linreg.lstsq.step import curvature
@@ -98,6 +99,35 @@ class ExactSolution:
             return dataclasses.replace(optimum, mse=best, sgd_mse=objective, penalized=True)
         measured = ls.objective(coef, intercept) if mse is None else mse
         return dataclasses.replace(optimum, sgd_mse=measured)
+
+
+def stored_covariance(
+    module: Any,
+    *,
+    asked: str = "--interval",
+    model: str = "this checkpoint's model",
+    solver: str = "--model.solver lstsq",
+    cov_type: str = "--model.cov_type HC0..HC3",
+) -> dict[str, Any]:
+    """What the fit stored for prediction intervals (``linreg.lstsq.robust.covariance``, the module's
+    ``intervals``), or why there is none: one refusal for ``predict --interval`` and the estimator's
+    ``predict_interval``, each naming what was asked and the way to refit in its own words."""
+    hp = module.hparams
+    if hp.get("solver") != "lstsq":
+        raise LinRegError(
+            f"{asked}: {model} was trained by SGD; the intervals are those of the exact "
+            "least-squares solution (statsmodels' get_prediction), whose weights SGD only approaches. Refit "
+            f"with {solver} (and {cov_type} for robust ones)"
+        )
+    state: dict[str, Any] | None = getattr(module, "intervals", None)
+    if state is None:
+        raise LinRegError(
+            f"{asked}: this checkpoint holds no parameter covariance (written by a linreg that did not "
+            f"store it); refit it with {solver}"
+        )
+    if "cov" not in state:
+        raise LinRegError(f"{asked}: the fit has no standard errors, so no intervals: {state['note']}")
+    return state
 
 
 def _weights(view: dict[str, Any], device: torch.device) -> Tensor | None:
