@@ -39,8 +39,12 @@ MODEL_PARAMS = ("lr", "momentum", "weight_decay", "l2", "l1", "average", "tol", 
 COLUMNS = (("std err", "se"), ("t", "t"), ("P>|t|", "p"), ("[0.025", "ci_low"), ("0.975]", "ci_high"))
 ROBUST_COLUMNS = {"t": "z", "P>|t|": "P>|z|"}
 # predict_interval()'s columns, as statsmodels' summary_frame names them, and interval_columns' keys.
-INTERVALS = (("mean_ci_lower", "mean_lower"), ("mean_ci_upper", "mean_upper"), ("obs_ci_lower", "lower"))
-INTERVALS += (("obs_ci_upper", "upper"),)
+INTERVALS = (
+    ("mean_ci_lower", "mean_lower"),
+    ("mean_ci_upper", "mean_upper"),
+    ("obs_ci_lower", "lower"),
+    ("obs_ci_upper", "upper"),
+)
 
 
 class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn ships no types
