@@ -86,6 +86,7 @@ class _SaveFitConfig(SaveConfigCallback):
             # Without ckpt_path: `fit --ckpt_path last --config <this file>` must not clear the flag.
             self.config = self.config.clone()
             self.config.pop("ckpt_path", None)
+            self.config.pop("data.fit_intercept", None)  # the model's, copied: a config edits that one
             super().setup(trainer, pl_module, stage)
 
 
@@ -190,6 +191,12 @@ class LinRegCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         check_accelerator(cfg.trainer.get("accelerator"))
         given = self._given[str(self.subcommand)] if self._given is not None else None
+        # The data drops each categorical column's reference level only when the model has an intercept
+        # (the checkpoint's, for validate, test and predict: taken into cfg.model with its other settings).
+        told = given.get("data.fit_intercept") if given is not None else None
+        if told is not None and told != cfg.model.fit_intercept:
+            raise LinRegError("--data.fit_intercept follows the model's; set --model.fit_intercept instead")
+        cfg.data.fit_intercept = cfg.model.fit_intercept
         chosen = given is not None and given.get("trainer.precision")
         if self.subcommand == "fit" and cfg.model.get("solver") == "lstsq" and not chosen:
             # The exact solution is float64; a float32 model would keep 7 of its digits (NIST Filip: 4).
@@ -216,7 +223,6 @@ class LinRegCLI(LightningCLI):
                     f"--trainer.{flag} is not supported: linreg runs its SGD updates itself "
                     "(several per Lightning step); use a larger --data.batch_size instead"
                 )
-        given = self._given[str(self.subcommand)] if self._given is not None else None
         if self.subcommand in ("validate", "test") and (given is None or given.get("trainer.logger") is None):
             cfg.trainer.logger = checkpoint_run_logger(cfg.trainer.logger, cfg.ckpt_path, self.subcommand)
         if self.subcommand == "predict":

@@ -261,8 +261,14 @@ def take_checkpoint_settings(cfg: Namespace, given: Namespace | None, ckpt: dict
         cfg.trainer.precision = "64-true"
     for data_key, model_key in DATA_FROM_CHECKPOINT:
         _take(cfg, given, f"data.{data_key}", hp.get(model_key), path)
+    # the sample weights' column: never a feature, so a predict table may hold it (and validate weighs by it)
+    _take(cfg, given, "data.weights", (ckpt.get("datamodule_hyper_parameters") or {}).get("weights"), path)
     for key in MODEL_FROM_CHECKPOINT:
         _take(cfg, given, f"model.{key}", hp.get(key), path)
+    # The levels behind the model's indicator features ({} when it has none: a bool column stays a number);
+    # absent from a checkpoint written before categorical columns, whose features were all numbers.
+    levels = (ckpt.get("LinRegData") or {}).get("categories", {})
+    _take(cfg, given, "data.categorical", levels, path)
     # The other model settings (penalties, averaging, tolerance): an omitted one is the checkpoint's,
     # not the default; a given one that differs is used, and named.
     differ = []

@@ -105,6 +105,13 @@ def export(ckpt_path: str | Path, output: str | Path, overwrite: bool = False) -
     ckpt_file, ckpt = open_checkpoint(ckpt_path)
     hp = ckpt["hyper_parameters"]
     state = ckpt["state_dict"]
+    levels = (ckpt.get("LinRegData") or {}).get("categories") or {}
+    if levels:  # the program takes numbers: fed raw codes, it would be a different model, silently
+        raise LinRegError(
+            f"--ckpt_path {ckpt_file}: the model encodes categorical column(s) {list(levels)} as indicators, one "
+            "per level, which an exported program cannot make from the raw labels; predict with `linreg predict`, "
+            "or fit on numeric columns only to export"
+        )
     missing = [k for k in ("model.lin.weight", "x_mean", "x_scale", "y_mean", "y_scale") if k not in state]
     if missing:
         raise LinRegError(f"--ckpt_path {ckpt_file}: no {', '.join(missing)} in its weights; not a linreg model")

@@ -58,6 +58,8 @@ def fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "rows": getattr(opt, "n", None),
+        # --data.weights: the fit is weighted least squares and every mse / mae / r2 here is weighted
+        "weights": getattr(getattr(trainer, "datamodule", None), "weights", None),
         "solver": hp.solver,
         "features": features,
         "targets": per_target,
@@ -182,6 +184,8 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
     """Print the fit as a short table and save it as summary.json beside the checkpoint."""
     s = fit_summary(model, trainer)
     lines = [f"linreg: fit done, {s['epochs']} epoch(s), {s['steps']} step(s)"]
+    if s["weights"]:
+        lines.append(f"  weights         column {s['weights']!r}: weighted least squares; losses and metrics weighted")
     if "train/loss" in s["metrics"]:
         lines.append(f"  final loss      {s['metrics']['train/loss']:.8f}")
     if "train/loss" in s["epoch_means"] and s["epoch_means"] != s["metrics"]:
@@ -191,7 +195,8 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         if name in s["metrics"]:
             lines.append(f"  {name:<15} {s['metrics'][name]:.6g}")
     fitted = "sgd" if s["solver"] == "sgd" else "lstsq"
-    header = f"  {'target':<10} {'term':<16} {fitted:>14} {'closed form':>14}"
+    wide = max([16, *map(len, s["features"])])  # an indicator's name (firm[T.General Electric]) is long
+    header = f"  {'target':<10} {'term':<{wide}} {fitted:>14} {'closed form':>14}"
     robust = s["optimum"] is not None and s["optimum"]["cov_type"] != "nonrobust"
     stat = "z" if robust else "t"  # statsmodels' robust covariances go with the normal distribution
     if any(d["inference"] for d in s["targets"].values()):  # a column only when it has values
@@ -207,7 +212,7 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
         if d["fitted"]["intercept"] is not None:
             terms.append(("(intercept)", d["fitted"]["intercept"], cf["intercept"], inf.get("intercept")))
         for name, value, closed, stats in terms:
-            row = f"  {t:<10} {name:<16} {value:>14.6g} {closed if closed is not None else nan:>14.6g}"
+            row = f"  {t:<10} {name:<{wide}} {value:>14.6g} {closed if closed is not None else nan:>14.6g}"
             if stats:
                 ci = f"[{stats['ci_low']:.5g}, {stats['ci_high']:.5g}]"
                 row += f" {stats['se']:>11.4g} {stats['t']:>9.4g} {stats['p']:>9.3g}  {ci:>25}"
@@ -242,6 +247,7 @@ def print_fit_summary(model: LinRegModule, trainer: Any) -> dict[str, Any]:
                 if part.get("dropped"):
                     lines.append(f"  {t}: the {name} solution dropped {', '.join(part['dropped'])} (coefficient 0)")
         what = "objective (MSE + penalties, model units)" if opt["penalized"] else "mse"
+        what = f"weighted {what}" if s["weights"] else what
         if "exact_fit" in s:
             e = s["exact_fit"]
             r2 = f", R² {e['r2']:.9g}" if e["r2"] is not None else ""

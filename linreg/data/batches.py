@@ -140,6 +140,7 @@ class Batches:
                 batch = {"x": self.x[lo:hi], "n": stop - start}
                 if self.y is not None:
                     batch["y"] = self.y[lo:hi]
+            batch["span"] = (start, stop)  # the global batch's rows (weighted batches sum its weights)
             if self.with_index:
                 batch["index"] = idx if idx is not None else torch.arange(lo, hi)
             yield batch

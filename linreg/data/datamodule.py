@@ -23,10 +23,12 @@ from torch import Tensor
 from typing_extensions import override
 
 from linreg.data.batches import Batches, Shuffle
+from linreg.data.categorical import Categorical, Encoding, categorical_columns, refuse_text
 from linreg.data.progress import Progress
 from linreg.data.rows import CHUNK_ROWS, RecordRows, Rows, mean_scale
 from linreg.data.streams import StreamRows
 from linreg.data.tables import Table, default_names, fingerprint, fingerprint_change, read_table, unnamed
+from linreg.data.weights import WeightedBatches, check_weights
 from linreg.errors import LinRegError
 from linreg.tutorial.data import X_TEST_TUTORIAL, X_TUTORIAL, Y_TUTORIAL
 
@@ -57,6 +59,10 @@ class LinRegData(L.LightningDataModule):
         target: target column, or a list of them for multi-output regression (default: ``y``).
         features: feature columns (default: every other numeric column).
         id_column: a column passed through to prediction files, never used as a feature.
+        weights: a column of sample weights (at least 0, not all 0), never a feature: the fit minimizes
+            the weighted MSE (weighted least squares, as statsmodels' ``WLS``) and the metrics are
+            weighted as scikit-learn's ``sample_weight``. Validation and test tables use the column
+            where they have it (else every row weighs 1); prediction tables may hold it (ignored).
         val_path: a separate validation table (instead of ``val_fraction``).
         test_path: a separate test table (instead of ``test_fraction``).
         val_fraction: share of rows held out for validation; 0 means none.
@@ -72,6 +78,13 @@ class LinRegData(L.LightningDataModule):
             table holds a group's rows in memory at once; a memory-mapped ``.npy`` runs one batch per step.
         stream: read Parquet and CSV tables by row range as training goes instead of whole (see
             ``streams``). ``auto``: folders, globs and files larger than memory comfortably holds.
+        categorical: feature columns encoded as indicators, one per level as statsmodels' formulas do
+            (``firm[T.GM]``; see ``categorical``). ``auto`` (default): text, pandas ``category``,
+            dictionary-encoded Parquet and bool columns of at most 50 levels; ``none``: numbers only; a
+            list: these columns (integer codes too); a mapping column: levels fixes the levels (what a
+            checkpoint holds).
+        fit_intercept: whether the model has an intercept: the CLI sets it from ``--model.fit_intercept``.
+            With one, each categorical column's first level is the reference and gets no indicator.
     """
 
     def __init__(
@@ -91,6 +104,9 @@ class LinRegData(L.LightningDataModule):
         standardize_target: bool = False,
         rows_per_step: int = 262_144,
         stream: bool | Literal["auto"] = "auto",
+        categorical: Categorical = "auto",
+        fit_intercept: bool = True,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         # The model's hyperparameters hold the decided value (linked from ``self.standardize``); here it
@@ -115,12 +131,17 @@ class LinRegData(L.LightningDataModule):
         self.standardize, self.standardize_target = standardize, standardize_target
         self._target = [target] if isinstance(target, str) else (list(target) if target else None)
         self._features = list(features) if features else None
+        self._encoding: Encoding | None = None  # the categorical columns' indicators, once the table is read
+        self._judged = False  # whether the features' categorical columns were found (once: a streamed pass)
         self._table: Table | None = None
         self._tensors: tuple[Tensor, Tensor | None] | None = None
         # Each split as the file holds it (``_exact``: what the least-squares solver reads) and as
         # SGD trains on it (``_splits``: float32, or float64 under --trainer.precision 64-true).
         self._exact: dict[str, tuple[Rows, Rows | None]] = {}
         self._splits: dict[str, tuple[Rows, Rows | None]] = {}
+        self.weights = weights
+        self._weights_tensor: Tensor | None = None  # from_tensors' sample weights
+        self._fitting = False  # the training table must hold the weights column; others may not
         self.dtype = torch.float32
         self.scaling: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self.target_mean: Tensor | None = None
@@ -134,9 +155,13 @@ class LinRegData(L.LightningDataModule):
         return cast(AttributeDict, super().hparams)
 
     @classmethod
-    def from_tensors(cls, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> LinRegData:
-        """Data from Python: ``x`` (n×d), ``y`` (n or n×k); columns are named x0.. and y0.. (or x, y)."""
-        dm = cls(**{"standardize": kwargs.pop("standardize", True), **kwargs})
+    def from_tensors(
+        cls, x: Tensor, y: Tensor | None = None, sample_weight: Tensor | None = None, **kwargs: Any
+    ) -> LinRegData:
+        """Data from Python: ``x`` (n×d), ``y`` (n or n×k), ``sample_weight`` (n); columns are named x0..
+        and y0.. (or x, y)."""
+        weights = "sample_weight" if sample_weight is not None else None
+        dm = cls(**{"standardize": kwargs.pop("standardize", True), "weights": weights, **kwargs})
         x = x.reshape(-1, 1) if x.ndim == 1 else x
         if y is not None:
             y = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -144,6 +169,14 @@ class LinRegData(L.LightningDataModule):
             if t is not None and not torch.isfinite(t).all():
                 raise LinRegError(f"from_tensors: {name} holds NaN or inf")
         dm._tensors = (x.contiguous(), None if y is None else y.contiguous())
+        if sample_weight is not None:
+            w = sample_weight.reshape(-1, 1).to(torch.float64)
+            if w.shape[0] != x.shape[0]:
+                raise LinRegError(f"from_tensors: sample_weight has {w.shape[0]} rows, x has {x.shape[0]}")
+            if not torch.isfinite(w).all():
+                raise LinRegError("from_tensors: sample_weight holds NaN or inf")
+            check_weights(w, "from_tensors", "sample_weight")
+            dm._weights_tensor = w
         dm._features = default_names("x", x.shape[1])
         k = 1 if y is None else y.shape[1]
         dm._target = default_names("y", k)
@@ -173,10 +206,15 @@ class LinRegData(L.LightningDataModule):
         if self._features is None:
             if table is None:
                 return ["x"]
-            skip = set(self.target_names) | {self.id_column}
+            skip = set(self.target_names) | {self.id_column, self.weights}
             candidates = [c for c in table.columns if c not in skip]
             nameless = [c for c in candidates if unnamed(c)]
-            text = [c for c in candidates if not unnamed(c) and not table.looks_numeric(c)]
+            mode = self.hparams.categorical
+            listed = mode if isinstance(mode, (list, dict)) else []
+            text = [c for c in candidates if not unnamed(c) and c not in listed and not table.looks_numeric(c)]
+            if mode == "none" and text:
+                refuse_text(table.source, text[0], table.sample(text[0])[0])
+            text = [] if mode == "auto" else text  # auto: text columns are categories (or refused, by name)
             self._features = [c for c in candidates if c not in nameless and c not in text]
             if not self._features:
                 raise LinRegError(f"{self.path}: no numeric feature columns besides the target {self.target_names}")
@@ -188,10 +226,25 @@ class LinRegData(L.LightningDataModule):
                     f"rarely a feature, and is one; keep it and silence this with --data.features "
                     f"[{','.join(self._features)}], or pass it through to predictions with --data.id_column {ids[0]}"
                 )
+        for role, names in (("--data.features", self._features), ("--data.target", self.target_names)):
+            if self.weights is not None and self.weights in names:
+                raise LinRegError(
+                    f"--data.weights {self.weights!r} is also named in {role}; a weights column is never a "
+                    "feature or a target"
+                )
         overlap = sorted(set(self._features) & set(self.target_names))
         if overlap:
             raise LinRegError(f"columns {overlap} are both features and targets")
-        return self._features
+        if table is not None and not self._judged:
+            mode = self.hparams.categorical
+            if isinstance(mode, dict) and mode:  # a checkpoint's features: indicator names, back to their columns
+                self._features = Encoding(mode, self.hparams.fit_intercept).raw(self._features)
+            levels = categorical_columns(table, self._features, mode)
+            if levels:
+                self._encoding = table.encoding = Encoding(levels, self.hparams.fit_intercept)
+                self._features = self._encoding.raw(self._features)
+            self._judged = True
+        return self._encoding.names(self._features) if self._encoding is not None else self._features
 
     def _say_skipped(self, nameless: list[str], text: list[str]) -> None:
         """Columns left out of the default features, in one line each: nothing silently dropped."""
@@ -216,19 +269,34 @@ class LinRegData(L.LightningDataModule):
     def _xy(self, table: Table, need_target: bool) -> tuple[Rows, Rows | None]:
         """Features and targets as the file holds them (see ``Table.matrix``)."""
         fit32 = self.dtype == torch.float32
-        x = table.matrix(self.feature_names, dtype=None, fit_float32=fit32)
+        features = self.feature_names
+        table.encoding = self._encoding  # a validation, test or prediction table: the training rows' levels
+        x = table.matrix(features, dtype=None, fit_float32=fit32)
         if not need_target:
             return x, None
         missing = [t for t in self.target_names if t not in table.columns]
         if missing:
             raise LinRegError(f"{table.source}: no target column(s) {missing}; columns are {table.columns}")
-        return x, table.matrix(self.target_names, dtype=None, fit_float32=fit32)
+        weights = self.weights
+        if weights is not None and weights not in table.columns:
+            if self._fitting and table is self._table:
+                raise LinRegError(
+                    f"{table.source}: no weights column {weights!r} (--data.weights); columns are {table.columns}"
+                )
+            weights = None  # validation, test, or another table to evaluate: each row weighs 1
+        if weights is None:
+            return x, table.matrix(self.target_names, dtype=None, fit_float32=fit32)
+        y = table.matrix([*self.target_names, weights], dtype=None, fit_float32=fit32)  # weights last: see weights.py
+        check_weights(y, table.source, weights)
+        return x, y
 
     def _all(self, need_target: bool) -> tuple[Rows, Rows | None]:
         if self._tensors is not None:
             x, y = self._tensors
             if need_target and y is None:
                 raise LinRegError("from_tensors: this stage needs targets; pass y")
+            if y is not None and self._weights_tensor is not None:
+                y = torch.cat([y.to(torch.float64), self._weights_tensor], 1)  # weights last: see weights.py
             return x, y
         table = self._load()
         if table is None:
@@ -263,16 +331,23 @@ class LinRegData(L.LightningDataModule):
             self._exact["test"] = (x[test_idx], y[test_idx])
             self._exact["val"] = (x[val_idx], y[val_idx])
             x, y = x[train_idx], y[train_idx]
+            if self._weighted(y):
+                check_weights(y, f"{self.path or 'from_tensors'} (the training rows of the split)", str(self.weights))
         for key, path in (("val", hp.val_path), ("test", hp.test_path)):
             if path:
                 self._exact[key] = self._xy(read_table(path, hp.stream), need_target=True)
         self._exact["train"] = (x, y)
         y_mean, y_scale = mean_scale(y)
+        k = self.out_features  # the statistics of the targets, without the weights column
+        y_mean, y_scale = y_mean[:k], y_scale[:k]
         self.target_mean = y_mean
         if self.standardize:
             x_mean, x_scale = mean_scale(x)
+            if self._encoding is not None:  # indicators stay 0 and 1: their coefficients are level effects
+                kept = torch.from_numpy(self._encoding.indicators(self.feature_names))
+                x_mean, x_scale = x_mean.masked_fill(kept, 0.0), x_scale.masked_fill(kept, 1.0)
             if not hp.standardize_target:  # centred only: SGD learns the signal, float64 adds the mean back
-                y_scale = torch.ones(y.shape[1], dtype=y_scale.dtype)
+                y_scale = torch.ones(k, dtype=y_scale.dtype)
             self.scaling = (x_mean, x_scale, y_mean, y_scale)
 
     def check(self, stage: str) -> None:
@@ -281,6 +356,7 @@ class LinRegData(L.LightningDataModule):
             self._predict_x()
             return
         if "train" not in self._exact:
+            self._fitting = stage == "fit"
             self._split()
         if stage == "fit":
             self._check_out_of_core(self._exact["train"][0])
@@ -379,22 +455,21 @@ class LinRegData(L.LightningDataModule):
             else:
                 table = self._load()
                 assert table is not None  # a path was given
-                allowed = set(self.feature_names) | set(self.target_names) | {self.id_column}
-                missing = [c for c in self.feature_names if c not in table.columns]
+                columns = self._encoding.raw(self.feature_names) if self._encoding else self.feature_names
+                allowed = set(columns) | set(self.target_names) | {self.id_column}
+                missing = [c for c in columns if c not in table.columns]
                 nameless = [c for c in table.columns if c not in allowed and unnamed(c)]
-                extra = [c for c in table.columns if c not in allowed and c not in nameless]
+                extra = [c for c in table.columns if c not in allowed and c not in nameless and c != self.weights]
                 if missing or extra:
                     parts = [
                         f"missing feature column(s) {missing}" if missing else "",
                         f"unexpected column(s) {extra} (pass an id column with --data.id_column)" if extra else "",
                     ]
                     raise LinRegError(
-                        f"{self.path}: "
-                        + "; ".join(p for p in parts if p)
-                        + f"; the model expects features {self.feature_names}"
+                        f"{self.path}: " + "; ".join(p for p in parts if p) + f"; the model expects features {columns}"
                     )
                 self._say_skipped(nameless, [])
-                x = table.matrix(self.feature_names, dtype=None, fit_float32=self.dtype == torch.float32)
+                x = self._xy(table, need_target=False)[0]
             self._exact["predict"] = (x, None)
         x = self._exact["predict"][0]
         self._splits["predict"] = (self._as_dtype(x), None)
@@ -425,7 +500,9 @@ class LinRegData(L.LightningDataModule):
             self._fingerprint = self._table_fingerprint()
         batches = self._train_batches
         mid_epoch = isinstance(batches, Batches) and 0 < batches.served < len(batches)
-        return {"train_table": self._fingerprint, "mid_epoch": mid_epoch}
+        # The levels the model's indicators stand for: predict, validate and test encode their tables with them.
+        levels = self._encoding.levels if self._encoding is not None else {}
+        return {"train_table": self._fingerprint, "mid_epoch": mid_epoch, "categories": levels}
 
     @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -473,7 +550,7 @@ class LinRegData(L.LightningDataModule):
         rank, world = self._rank()
         if isinstance(x, StreamRows):  # a pass of its own, reported: a fresh reader, so training's are not
             x = StreamRows(x.source, x.names, x.dtype)
-        batches = Batches(x, y, batch_size, "none", 0, rank, world)
+        batches = self._kind(y)(x, y, batch_size, "none", 0, rank, world)
         self._report(batches, f"{purpose} over {x.shape[1]} column(s) of {self.path}")
         return batches
 
@@ -506,7 +583,14 @@ class LinRegData(L.LightningDataModule):
             batch_size = batch_size or OUT_OF_CORE_BATCH  # evaluating and predicting: any batch gives the same
         if self.trainer is not None and _counts_steps(self.trainer):
             group = 1  # the user counts SGD updates: one per Lightning step, so Lightning counts them too
-        return Batches(x, y, batch_size, shuffle, hp.seed, rank, world, with_index, group)
+        return self._kind(y)(x, y, batch_size, shuffle, hp.seed, rank, world, with_index, group)
+
+    def _weighted(self, y: Rows | None) -> bool:
+        """Whether these target rows end with the weights column (see ``_xy``)."""
+        return self.weights is not None and y is not None and y.shape[1] > self.out_features
+
+    def _kind(self, y: Rows | None) -> type[Batches]:
+        return WeightedBatches if self._weighted(y) else Batches
 
     @override
     def train_dataloader(self) -> Batches | list[Batches]:

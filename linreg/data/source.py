@@ -10,12 +10,14 @@ Never imports Lightning; ``streams.StreamRows`` serves row ranges from a ``Sourc
 from __future__ import annotations
 
 import ctypes
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from linreg.data.categorical import Encoding, Level, find_levels, sorted_levels, too_many
 from linreg.data.checks import check_finite, reason
 from linreg.data.decoded import Decoded
 from linreg.data.files import expand, file_kind, file_stamp
@@ -87,6 +89,7 @@ class Source:
         self._csv_names: dict[str, Any] = {}  # CSV read options naming the columns, where the header has gaps
         self.keep_decoded = False  # keep what ``check`` decodes for later passes (see ``check``)
         self.kept: dict[tuple[str, ...], Decoded] = {}  # what it kept, by columns
+        self.encoding: Encoding | None = None  # categorical columns, read as labels and served as indicators
         index: list[str] = []
         if self.kind == "parquet":
             import pyarrow.parquet as pq
@@ -142,7 +145,8 @@ class Source:
         (measured)."""
         self.verify(self.files[file])
         try:
-            return self.parquet(file).read_row_group(group, columns=list(names), use_threads=threads)
+            columns = self.encoding.raw(names) if self.encoding is not None else list(names)
+            return self.parquet(file).read_row_group(group, columns=columns, use_threads=threads)
         except Exception as exc:
             self.verify(self.files[file])  # a part rewritten while open: say so, not what the decoder saw
             raise LinRegError(f"{self.files[file]}: cannot read: {reason(exc)}") from exc
@@ -193,11 +197,76 @@ class Source:
         pa = self._pa
         return bool(pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t))
 
+    def is_label(self, name: str) -> bool:
+        """Text, dictionary-encoded or bool: categorical under ``--data.categorical auto``."""
+        t, pa = self.schema.field(name).type, self._pa
+        text = pa.types.is_string(t) or pa.types.is_large_string(t)
+        return bool(text or pa.types.is_dictionary(t) or pa.types.is_boolean(t))
+
+    def levels(self, name: str, limit: int | None) -> list[Level]:
+        """A categorical column's levels, in one pass over just that column (every DDP rank reads them all,
+        so every rank finds the same levels)."""
+        import pyarrow.compute as pc
+        import pyarrow.csv as csv
+
+        found: set[Level] = set()
+        for i, file in enumerate(self.files):
+            rows = 0
+            if self.kind == "parquet":
+                blocks: Any = (self.read_group(i, g, [name]).column(0) for g in range(len(self.groups[i])))
+            else:
+                types = {name: self.schema.field(name).type}
+                convert = csv.ConvertOptions(include_columns=[name], column_types=types, strings_can_be_null=True)
+                self.verify(file)
+                blocks = (
+                    b.column(0) for b in csv.open_csv(file, self._csv_options(CSV_BLOCK), convert_options=convert)
+                )
+            for block in _named(file, blocks):
+                labels = _labels(block)
+                if labels.null_count:  # an empty cell: named by row
+                    find_levels(labels.to_numpy(zero_copy_only=False), name, file, None, rows)
+                found.update(pc.unique(labels).to_pylist())
+                rows += len(block)
+                if limit is not None and len(found) > limit:
+                    too_many(name, self.path, sorted_levels(found)[limit], limit)
+        return sorted_levels(found)
+
+    def arrays(self, table: Any, names: Sequence[str], where: str, offset: int | None = None) -> list[np.ndarray]:
+        """An Arrow table's columns for ``names``: indicators of categorical columns, the others as stored."""
+        if self.encoding is None or not self.encoding.touches(names):
+            return [table.column(name).to_numpy(zero_copy_only=False) for name in names]
+        levels = self.encoding.levels
+
+        def column(name: str) -> Any:  # labels stay Arrow: pyarrow looks them up 25x faster than pandas (measured)
+            values = table.column(name)
+            return _labels(values) if name in levels else values.to_numpy(zero_copy_only=False)
+
+        return self.encoding.arrays(names, column, where, offset)
+
+    def _matrix(
+        self,
+        table: Any,
+        names: Sequence[str],
+        where: str,
+        dtype: torch.dtype = torch.float64,
+        order: Any = "F",
+        offset: int | None = None,
+    ) -> np.ndarray:
+        """Arrow columns as one n × len(names) array (one conversion, a column at a time); nulls become NaN
+        (named by ``check``). Column-major fills fastest; row-major is the layout ``Decoded`` keeps."""
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        out = np.empty((table.num_rows, len(names)), dtype=np_dtype, order=order)
+        for j, column in enumerate(self.arrays(table, names, where, offset)):
+            out[:, j] = column
+        return out
+
     def is_floating(self, name: str) -> bool:
         return all(self._pa.types.is_floating(schema.field(name).type) for schema in self._schemas)
 
     def stored_dtype(self, names: Sequence[str]) -> torch.dtype:
         pa = self._pa
+        if self.encoding is not None:  # indicators are 0 and 1, exact in any float type
+            names = [n for n in self.encoding.raw(names) if n not in self.encoding.levels]
         single = all(schema.field(n).type == pa.float32() for schema in self._schemas for n in names)
         return torch.float32 if single and self.kind == "parquet" else torch.float64
 
@@ -242,7 +311,11 @@ class Source:
             if self.kind == "parquet":
                 dtype = self.stored_dtype(names) if rows else torch.float64
                 order: Literal["C", "F"] = "C" if rows else "F"
-                yield (_matrix(self.read_group(i, g, names), names, dtype, order) for g in range(len(self.groups[i])))
+                firsts = itertools.accumulate(self.groups[i], initial=0)  # each group's first row in its file
+                yield (
+                    self._matrix(self.read_group(i, g, names), names, file, dtype, order, first)
+                    for g, first in zip(range(len(self.groups[i])), firsts)
+                )
             else:
                 yield self.csv_blocks(file, names)
 
@@ -250,16 +323,21 @@ class Source:
         import pyarrow.csv as pc
 
         pa = self._pa
-        convert = pc.ConvertOptions(include_columns=list(names), column_types={n: pa.float64() for n in names})
+        labels = self.encoding.levels if self.encoding is not None else {}
+        raw = self.encoding.raw(names) if self.encoding is not None else list(names)
+        types = {n: self.schema.field(n).type if n in labels else pa.float64() for n in raw}
+        # An empty label is missing, as pandas reads it (not a level "" that sorts first)
+        convert = pc.ConvertOptions(include_columns=raw, column_types=types, strings_can_be_null=True)
         rows = 0
         self.verify(file)
         try:
             with pc.open_csv(file, read_options=self._csv_options(CSV_BLOCK), convert_options=convert) as r:
                 for batch in r:
                     rows += batch.num_rows
-                    yield _matrix(batch, names)
+                    yield self._matrix(batch, names, file, offset=rows - batch.num_rows)
         except pa.ArrowInvalid as exc:  # text in a number column: find where, to name it
-            raise LinRegError(self._csv_text(file, names, rows) or f"{file}: {reason(exc)}") from exc
+            numbers = [n for n in raw if n not in labels]
+            raise LinRegError(self._csv_text(file, numbers, rows) or f"{file}: {reason(exc)}") from exc
 
     def _csv_text(self, file: str, names: Sequence[str], skip: int) -> str | None:
         """The first cell after ``skip`` rows that is not a number, as a message naming file, column and row."""
@@ -366,16 +444,9 @@ def _typed(schema: Any) -> bool:
     return not any(pa.types.is_null(t) for t in schema.types)
 
 
-def _matrix(
-    table: Any, names: Sequence[str], dtype: torch.dtype = torch.float64, order: Literal["C", "F"] = "F"
-) -> np.ndarray:
-    """Arrow columns as one n × len(names) array (one conversion, a column at a time); nulls become NaN
-    (named by ``check``). Column-major fills fastest; row-major is the layout ``Decoded`` keeps."""
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    out = np.empty((table.num_rows, len(names)), dtype=np_dtype, order=order)
-    for j, name in enumerate(names):
-        out[:, j] = table.column(name).to_numpy(zero_copy_only=False)
-    return out
+def _labels(column: Any) -> Any:
+    """An Arrow column of labels, a dictionary-encoded one decoded."""
+    return column.cast(column.type.value_type) if hasattr(column.type, "value_type") else column
 
 
 def _number(text: str) -> bool:

@@ -96,7 +96,7 @@ class StreamRows:
             k = self._group(row)
             table = self.source.read_group(*self._group_keys[k], self.names)
             # Arrow's own memory where it can (float columns without nulls): no copy until the batch.
-            columns = [table.column(name).to_numpy(zero_copy_only=False) for name in self.names]
+            columns = self.source.arrays(table, self.names, self.source.files[self._group_keys[k][0]])
             self._keep((self._group_keys[k], self._group_starts[k], columns))
             if self._decoded is not None:  # always, for Parquet
                 self._decoded.put(k, self._group_starts[k], columns)

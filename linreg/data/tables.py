@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from linreg.data.categorical import MAX_LEVELS, THOUSANDS, Encoding, Level, find_levels
 from linreg.data.checks import check_finite, reason
 from linreg.data.files import CSV, expand
 from linreg.data.rows import CHUNK_ROWS, RecordRows, Rows, field_dtype, field_names
@@ -49,9 +50,6 @@ def unnamed(name: str) -> bool:
     return UNNAMED.fullmatch(name) is not None
 
 
-THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")  # "1,234.5": a number, as people write them
-
-
 class Table:
     """A table's columns by name, whatever the file format; values are converted only when asked.
 
@@ -72,6 +70,7 @@ class Table:
         self.source, self.frame, self.arrays, self.records = source, frame, arrays, records
         self.stream = stream
         self.implied_targets = list(implied_targets)
+        self.encoding: Encoding | None = None  # the model's categorical columns (the data module sets it)
         if stream is not None:
             self.columns = stream.columns
         elif frame is not None:
@@ -128,6 +127,30 @@ class Table:
         text = pd.api.types.is_object_dtype(cells) or pd.api.types.is_string_dtype(cells)
         return text and bool(cells.str.fullmatch(THOUSANDS.pattern).fillna(False).astype(bool).any())
 
+    def is_label(self, name: str) -> bool:
+        """Whether a column holds labels, categorical under ``--data.categorical auto``: text, pandas
+        ``category`` (dictionary-encoded Parquet reads as one), bool."""
+        if self.stream is not None:
+            return self.stream.is_label(name)
+        dtype = self._dtype(name)
+        if self.frame is None:
+            return bool(dtype.kind == "b")
+        import pandas as pd
+
+        types = pd.api.types  # not datetimes: they stay refused as not numeric, streamed or not
+        text = types.is_object_dtype(dtype) or types.is_string_dtype(dtype)
+        return bool(text or types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype))
+
+    def levels(self, name: str, limit: int | None = MAX_LEVELS) -> list[Level]:
+        """A categorical column's levels over every row (a streamed table reads just this column)."""
+        if name not in self.columns:
+            raise LinRegError(f"{self.source}: no column {name!r}; columns are {self.columns}")
+        if self.stream is not None:
+            return self.stream.levels(name, limit)
+        if self.records is not None:
+            raise LinRegError(f"{self.source}: categorical column {name!r}: an .npy table holds numbers only")
+        return find_levels(self.column(name), name, self.source, limit)
+
     def sample(self, name: str) -> np.ndarray:
         """The column's values: all of them, or a streamed table's first rows."""
         return self.stream.sample(name) if self.stream is not None else self.column(name)
@@ -139,6 +162,13 @@ class Table:
         if values.dtype.kind not in "iu" or len(values) < 2:
             return False
         return bool(values[0] in (0, 1) and np.array_equal(values, np.arange(values[0], values[0] + len(values))))
+
+    def _float_or_label(self, name: str) -> np.ndarray:
+        """A categorical column's labels as they are, any other column as float64 (nullable <NA> → NaN)."""
+        if self.encoding is not None and name in self.encoding.levels or self.frame is None:
+            return self.column(name)
+        values: np.ndarray = self.frame[name].to_numpy(np.float64, na_value=np.nan)
+        return values
 
     def column(self, name: str) -> np.ndarray:
         if self.stream is not None:  # one column of a streamed table (an id column): small enough to hold
@@ -183,13 +213,19 @@ class Table:
         also refuses values beyond float32's range.
         """
         names = list(names)
-        self._check_columns(names)
+        encoding = self.encoding if self.encoding is not None and self.encoding.touches(names) else None
+        self._check_columns([n for n in encoding.raw(names) if n not in encoding.levels] if encoding else names)
         if self.stream is not None:
+            self.stream.encoding = self.encoding  # every pass over these rows expands the same columns
             self.stream.keep_decoded = True  # the check's decoded rows serve every later pass (decoded.Decoded)
             self.stream.check(names, fit_float32 or dtype == torch.float32)
             self.n_rows = self.stream.n_rows
             return self.stream.rows(names, dtype or self.stream.stored_dtype(names))
-        if self.records is not None:
+        if self.records is not None and encoding is not None:
+            raise LinRegError(f"{self.source}: categorical columns need a CSV or Parquet table, not .npy")
+        if encoding is not None:  # indicators among the columns: assembled one column at a time
+            values = np.stack(encoding.arrays(names, self._float_or_label, self.source), axis=1)
+        elif self.records is not None:
             single = all(field_dtype(self.records, n) == np.float32 for n in names)
             stored = torch.float32 if single else torch.float64
             exact_rows = RecordRows(self.records, names, stored)
@@ -197,7 +233,7 @@ class Table:
                 chunk = exact_rows[start : start + CHUNK_ROWS].numpy()
                 check_finite(chunk, names, self.source, start, fit_float32 or dtype == torch.float32)
             return RecordRows(self.records, names, dtype or stored)
-        if self.arrays is not None:
+        elif self.arrays is not None:
             array, first = self.arrays[names[0]]
             idx = [self.arrays[n][1] for n in names]
             same = all(self.arrays[n][0] is array for n in names)

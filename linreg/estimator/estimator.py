@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,31 @@ from linreg.cli.export import export as export_checkpoint
 from linreg.data.datamodule import LinRegData
 from linreg.data.tables import default_names
 from linreg.errors import LinRegError
-from linreg.estimator.params import ParameterError, as_numpy, check_params, quiet, target_names
+from linreg.estimator.params import ParameterError, as_numpy, check_params, quiet, refuse_labels, target_names
+from linreg.lstsq.robust import interval_columns
 from linreg.training.checkpoint_io import AtomicCheckpointIO
+from linreg.training.exact import stored_covariance
 from linreg.training.module import LinRegModule
 
 # The parameters that are LinRegModule's hyperparameters, under the same names (``--model.*``).
-MODEL_PARAMS = ("lr", "momentum", "weight_decay", "l2", "l1", "average", "tol", "fit_intercept", "solver")
-# summary()'s inference columns, as statsmodels names them, and the keys of linreg's OLS inference.
+MODEL_PARAMS = ("lr", "momentum", "weight_decay", "l2", "l1", "average", "tol", "fit_intercept", "solver", "cov_type")
+# summary()'s inference columns, as statsmodels names them, and the keys of linreg's OLS inference. A robust
+# covariance's statistics are z, with normal p-values and intervals: statsmodels then says "z" and "P>|z|".
 COLUMNS = (("std err", "se"), ("t", "t"), ("P>|t|", "p"), ("[0.025", "ci_low"), ("0.975]", "ci_high"))
+ROBUST_COLUMNS = {"t": "z", "P>|t|": "P>|z|"}
+# predict_interval()'s columns, as statsmodels' summary_frame names them, and interval_columns' keys.
+INTERVALS = (
+    ("mean_ci_lower", "mean_lower"),
+    ("mean_ci_upper", "mean_upper"),
+    ("obs_ci_lower", "lower"),
+    ("obs_ci_upper", "upper"),
+)
 
 
 class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn ships no types
     """Linear regression fitted by linreg (SGD or the exact least-squares solver) through Lightning.
 
-    The parameters are the CLI's flags with the CLI's defaults: ``--model.*`` (``solver`` .. ``fit_intercept``),
+    The parameters are the CLI's flags with the CLI's defaults: ``--model.*`` (``solver`` .. ``cov_type``),
     ``--data.*`` (``batch_size`` .. ``rows_per_step``) and the common ``--trainer.*`` ones; anything else
     the Trainer takes goes in ``trainer_kwargs``, ``callbacks`` and ``logger``. Two defaults differ, for
     a library called many times in one process: no logger (the CLI writes ``lightning_logs``; pass
@@ -61,6 +73,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
         average: bool | str = "auto",
         tol: float | str = "auto",
         fit_intercept: bool = True,
+        cov_type: str = "nonrobust",
         batch_size: int | None = None,
         shuffle: str = "blocks",
         standardize: bool | str = "auto",
@@ -88,6 +101,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
         self.average = average
         self.tol = tol
         self.fit_intercept = fit_intercept
+        self.cov_type = cov_type
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.standardize = standardize
@@ -113,28 +127,40 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
 
     # -- fit -----------------------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any) -> LinearRegressor:
-        """Fit on X (n × d: numpy, pandas, torch) and y (n or n × k) with ``trainer.fit``."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LinearRegressor:
+        """Fit on X (n × d: numpy, pandas, torch) and y (n or n × k) with ``trainer.fit``; ``sample_weight``
+        (n, at least 0, not all 0) makes it weighted least squares, as scikit-learn's and statsmodels' WLS."""
         check_params(self)
+        refuse_labels(X)
         targets = target_names(y)
         X, y = validate_data(self, as_numpy(X), as_numpy(y), dtype=np.float64, multi_output=True, y_numeric=True)
+        weights = None
+        if sample_weight is not None:
+            w = np.asarray(as_numpy(sample_weight), dtype=np.float64).reshape(-1)
+            if w.shape[0] != X.shape[0]:
+                raise ParameterError(f"sample_weight has {w.shape[0]} values for {X.shape[0]} rows of X")
+            weights = torch.tensor(w)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
         features = list(getattr(self, "feature_names_in_", default_names("x", X.shape[1])))
         targets = targets if targets and len(targets) == Y.shape[1] else default_names("y", Y.shape[1])
         standardize = True if self.standardize == "auto" else bool(self.standardize)
         with quiet(self.verbose), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # the initial weights, as the CLI's seed_everything gives them
-            data = LinRegData.from_tensors(
-                torch.tensor(X),
-                torch.tensor(Y),
-                standardize=standardize,
-                standardize_target=self.standardize_target,
-                batch_size=self.batch_size,
-                shuffle=self.shuffle,
-                seed=self.seed,
-                val_fraction=self.val_fraction,
-                rows_per_step=self.rows_per_step,
-            )
+            try:  # a NaN, negative or all-zero weight: the CLI's one line, as a ValueError
+                data = LinRegData.from_tensors(
+                    torch.tensor(X),
+                    torch.tensor(Y),
+                    sample_weight=weights,
+                    standardize=standardize,
+                    standardize_target=self.standardize_target,
+                    batch_size=self.batch_size,
+                    shuffle=self.shuffle,
+                    seed=self.seed,
+                    val_fraction=self.val_fraction,
+                    rows_per_step=self.rows_per_step,
+                )
+            except LinRegError as exc:
+                raise ParameterError(str(exc)) from exc
             module = LinRegModule(
                 in_features=X.shape[1],
                 out_features=Y.shape[1],
@@ -150,6 +176,8 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
             except LinRegError as exc:  # a fit that diverged, say: the CLI's one line, as a ValueError
                 raise ParameterError(str(exc)) from exc
         module.trainer = None  # the trainer stays behind: the fitted module pickles and predicts alone
+        # What a checkpoint of it would hold for intervals (its on_save_checkpoint), there before any save.
+        module.intervals = module.exact.intervals if module.exact is not None else None
         self._set_fitted(module, y.ndim)
         self.optimum_ = module.optimum
         self.n_iter_ = trainer.current_epoch
@@ -200,17 +228,71 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
     def predict(self, X: Any) -> np.ndarray:
         """The trained module's forward on X, in the module's precision (as ``linreg predict``)."""
         check_is_fitted(self)
-        X = validate_data(self, as_numpy(X), dtype=np.float64, reset=False)
+        pred = self._forward(validate_data(self, as_numpy(X), dtype=np.float64, reset=False))
+        return pred[:, 0] if self._y_ndim == 1 else pred
+
+    def _forward(self, X: np.ndarray) -> np.ndarray:
+        """Rows × targets, from a validated X."""
         module = self.module_
         with torch.no_grad():
             # Row-major, as linreg's tables serve rows: a column-major X (a DataFrame's values) takes another
             # matmul path in torch, whose float32 sums can differ from `linreg predict`'s in the last bit.
             x = torch.tensor(X, dtype=module.model.lin.weight.dtype).contiguous()
             pred: np.ndarray = module(x).double().numpy()
-        return pred[:, 0] if self._y_ndim == 1 else pred
+        return pred
+
+    def predict_interval(self, X: Any, alpha: float = 0.05) -> Any:
+        """The prediction with its confidence interval (of the mean) and prediction interval (of a new
+        observation) at level 1 − alpha: statsmodels' ``get_prediction(X).summary_frame(alpha)``, as a
+        DataFrame with its columns ``mean``, ``mean_ci_lower``, ``mean_ci_upper``, ``obs_ci_lower`` and
+        ``obs_ci_upper`` (no ``mean_se``: ``linreg predict --interval`` writes none either), indexed as X.
+        With several targets (y fit as n × k) the columns are a MultiIndex (target, column), so
+        ``frame[target]`` is that target's statsmodels frame. ``attrs`` holds ``cov_type`` and ``alpha``.
+
+        The name and ``alpha``: ``predict`` keeps scikit-learn's contract (an array, which Pipeline,
+        GridSearchCV and ``score`` rely on), so the intervals take a method of their own, named as
+        sktime's and skpro's ``predict_interval``; ``alpha`` is the miscoverage, as statsmodels'
+        ``summary_frame(alpha)`` and MAPIE's ``predict(X, alpha=)`` take it.
+
+        The numbers are ``linreg predict --interval``'s: the covariance the exact solver stored at fit
+        time (in a checkpoint too: this works after ``load``), ``cov_type`` honoured as statsmodels does
+        (robust ones with the normal distribution), sample weights as WLS (a new row weighs 1). An SGD
+        fit, a penalized one or one without standard errors is refused, as the CLI refuses it.
+        """
+        import pandas as pd
+
+        check_is_fitted(self)
+        if isinstance(alpha, bool) or not isinstance(alpha, Real) or not 0 < alpha < 1:
+            raise ParameterError(f"predict_interval: alpha must be a number in (0, 1) (0.05: 95%), got {alpha!r}")
+        try:
+            state = stored_covariance(
+                self.module_,
+                asked="predict_interval",
+                model="this model",
+                solver="solver='lstsq'",
+                cov_type="cov_type='HC0'..'HC3'",
+            )
+        except LinRegError as exc:
+            raise ParameterError(str(exc)) from exc
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        X = validate_data(self, as_numpy(X), dtype=np.float64, reset=False)
+        mean = self._forward(X)
+        bounds = interval_columns(state, X, mean, 1.0 - float(alpha))
+        frames = [
+            pd.DataFrame({"mean": mean[:, j]} | {name: bounds[key][:, j] for name, key in INTERVALS}, index=index)
+            for j in range(mean.shape[1])
+        ]
+        targets = [str(t) for t in self.module_.hparams.target_names or default_names("y", mean.shape[1])]
+        table = frames[0] if self._y_ndim == 1 else pd.concat(frames, axis=1, keys=targets, names=["target", None])
+        table.attrs = {"cov_type": state["cov_type"], "alpha": float(alpha)}
+        return table
 
     def summary(self) -> Any:
         """The least-squares fit as statsmodels prints it: coef, std err, t, P>|t|, [0.025, 0.975].
+
+        With a robust ``cov_type`` (HC0..HC3) the standard errors are that covariance's and, as statsmodels'
+        ``fit(cov_type=...)``, the statistics are z with normal p-values and intervals: the columns are then
+        named ``z`` and ``P>|z|``. ``attrs["cov_type"]`` says which covariance the table used.
 
         ``coef`` is the optimum's (what the inference is about; ``coef_`` is what the model predicts
         with, SGD's after an SGD fit). A column appears only when it has values: with penalties, or an
@@ -240,8 +322,9 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
                 stats = ([inference[j]["intercept"]] if opt.intercept is not None else []) + [
                     inference[j]["coef"][f] for f in features
                 ]
+                robust = opt.cov_type != "nonrobust"
                 for column, key in COLUMNS:
-                    frame[column] = [s[key] for s in stats]
+                    frame[ROBUST_COLUMNS.get(column, column) if robust else column] = [s[key] for s in stats]
             frames.append(frame)
         table = frames[0] if len(frames) == 1 else pd.concat(frames, keys=targets, names=["target", "term"])
         if inference:
@@ -250,6 +333,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]  # s
                 for key in ("r2", "r2_adj", "sigma", "df_resid")
             }
         table.attrs["note"] = note
+        table.attrs["cov_type"] = opt.cov_type
         return table
 
     # -- files ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ def load(path: str | Path) -> LinearRegressor:
     if float64:  # a 64-true fit predicts in float64, as `linreg predict` does with it
         module.double()
     module.load_state_dict(ckpt["state_dict"])
+    module.intervals = ckpt.get("linreg_intervals")  # what on_load_checkpoint takes, for predict_interval
     est = LinearRegressor(
         **{name: hp[name] for name in MODEL_PARAMS if name in hp},
         standardize=bool(hp.get("standardize", False)),

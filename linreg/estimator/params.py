@@ -16,6 +16,7 @@ import torch
 from linreg.cli.app import check_accelerator
 from linreg.cli.main import NOISE
 from linreg.errors import LinRegError
+from linreg.lstsq.robust import COV_TYPES
 
 
 class ParameterError(LinRegError, ValueError):
@@ -43,6 +44,8 @@ def check_params(est: Any) -> None:
     for name in ("weight_decay", "l2", "l1"):
         if not (number(getattr(est, name)) and getattr(est, name) >= 0):
             raise bad(name, "a number at least 0")
+    if est.cov_type not in COV_TYPES:
+        raise bad("cov_type", " or ".join(", ".join(repr(c) for c in COV_TYPES).rsplit(", ", 1)))
     if est.tol != "auto" and not (number(est.tol) and est.tol >= 0):
         raise bad("tol", "a number at least 0 or 'auto'")
     for name, allowed in (("average", "auto"), ("standardize", "auto"), ("fit_intercept", None)):
@@ -64,6 +67,7 @@ def check_params(est: Any) -> None:
         raise bad("seed", "an integer")
     if not (integer(est.rows_per_step) and est.rows_per_step >= 0):
         raise bad("rows_per_step", "an integer at least 0")
+
     def limit(value: Any) -> bool:
         return integer(value) and (value >= 1 or value == -1)
 
@@ -92,6 +96,27 @@ def check_params(est: Any) -> None:
 def as_numpy(a: Any) -> Any:
     """A torch tensor as numpy (scikit-learn's validation reads numpy and pandas)."""
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+
+
+def refuse_labels(X: Any) -> None:
+    """A DataFrame's text and ``category`` columns, named: scikit-learn's own refusal ("could not convert
+    string to float") names neither the column nor the way to encode it. Bool columns are 0 and 1, as before."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None:
+        return
+    import pandas as pd
+
+    labels = [
+        str(c)
+        for c, t in dtypes.items()
+        if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t)) or isinstance(t, pd.CategoricalDtype)
+    ]
+    if labels:
+        raise ParameterError(
+            f"LinearRegressor takes numbers; column(s) {labels} hold labels (text or category): encode "
+            "them first (pandas.get_dummies(X, columns=..., drop_first=True), or scikit-learn's OneHotEncoder), "
+            "or fit from a table with `linreg fit`, which encodes them (--data.categorical)"
+        )
 
 
 def target_names(y: Any) -> list[str] | None:

@@ -11,6 +11,9 @@ from the covariance in those coordinates and not from the one in original units.
 statsmodels reports robust covariances with the normal distribution (z, not t) unless asked
 otherwise (``use_t``), for the coefficients' p-values and intervals and for ``get_prediction``'s
 intervals, whose observation interval adds the (non-robust) residual variance σ². So does linreg.
+
+With sample weights every row is the weighted one, √w·aᵢ and √w·eᵢ (statsmodels' ``wexog``, ``wresid``),
+and a new row predicted weighs 1 (``get_prediction``'s default): its observation variance is σ².
 """
 
 from __future__ import annotations
@@ -46,21 +49,25 @@ class Sandwich:
         self.pinned = 0  # rows of leverage 1 (HC2, HC3 only)
 
     @torch.no_grad()
-    def update(self, x: Tensor, y: Tensor) -> None:
+    def update(self, x: Tensor, y: Tensor, w: Tensor | None = None) -> None:
+        """Add a batch's rows (w: their sample weights; none: 1 each)."""
         ls, rows = self.ls, x.shape[0]
         device = self.meat.device
         x = x.reshape(rows, ls.d).to(device, torch.float64)
         y = y.reshape(rows, ls.k).to(device, torch.float64)
+        root = None if w is None else w.reshape(rows, 1).to(device, torch.float64).sqrt()
         for i in range(0, rows, CHUNK):
-            self._absorb(x[i : i + CHUNK], y[i : i + CHUNK])
+            self._absorb(x[i : i + CHUNK], y[i : i + CHUNK], None if root is None else root[i : i + CHUNK])
         self.rows += rows
 
-    def _absorb(self, x: Tensor, y: Tensor) -> None:
+    def _absorb(self, x: Tensor, y: Tensor, root: Tensor | None = None) -> None:
         ls = self.ls
         a = (x - ls.shift[: ls.d]) / ls.scale[: ls.d]
         if ls.fit_intercept:
             a = torch.cat([torch.ones_like(a[:, :1]), a], 1)
         e = (y - ls.shift[ls.d :]) / ls.scale[ls.d :] - a @ self.full  # residuals in R's target units
+        if root is not None:  # the weighted rows and residuals, as R factors them
+            a, e = a * root, e * root
         u = torch.linalg.solve_triangular(self.design.T, a.T, upper=False)  # p × rows: R⁻ᵀaᵢ
         weight = torch.ones_like(e[:, 0])
         if self.cov_type in ("HC2", "HC3"):

@@ -9,6 +9,11 @@ inside A, R also carries every residual sum of squares: ‖A·v‖ = ‖R·v‖ 
 the optimum target j's is the squared norm of its column of R below the design block. DDP ranks each
 hold such an R and combine them exactly (``all_gather``).
 
+Sample weights (weighted least squares, statsmodels' ``WLS``): each row of A times √w, so R is the
+factor of AᵀWA and every sum of squares read from it is weighted; the means are over the weight
+sum W (``weight``) instead of the row count, which stays the observations' count (statsmodels'
+``nobs``: rows of weight 0 count, as there, in the degrees of freedom).
+
 Penalties are in the units of the model SGD trains: ``solve(x_scale=s_x, y_scale=s_y)`` says the model
 sees z = (x − m_x)/s_x and t = (y − m_y)/s_y, and the objective is nn.MSELoss of t (mean over rows and
 targets) + l2·‖W‖² + l1·‖W‖₁ on those coordinates' coefficients, the intercept free (scikit-learn's
@@ -69,24 +74,36 @@ class LeastSquares:
         self.ym2 = torch.zeros(out_features, **kw)  # batch by batch as Chan et al. do: no cancellation
         self.rows = 0
         self.pred_rows = 0
+        self.weight = 0.0  # the rows' weight sum: the row count without sample weights
 
     @torch.no_grad()
-    def update(self, x: Tensor, y: Tensor, pred: Tensor | None = None) -> None:
-        """Fold one batch into R (x: rows × d, y: rows × k, any float dtype; pred: the SGD model's predictions)."""
+    def update(self, x: Tensor, y: Tensor, pred: Tensor | None = None, w: Tensor | None = None) -> None:
+        """Fold one batch into R (x: rows × d, y: rows × k, any float dtype; pred: the SGD model's
+        predictions; w: the rows' sample weights, none: 1 each)."""
         rows = x.shape[0]
         if rows == 0:
             return
         device = self.R.device
         x, y = x.reshape(rows, self.d).to(device), y.reshape(rows, self.k).to(device, torch.float64)
+        root = None if w is None else w.reshape(rows).to(device, torch.float64).sqrt()
         if self.rows == 0:
             self._start(x.double(), y)
         for i in range(0, rows, CHUNK):
-            self._absorb(x[i : i + CHUNK], y[i : i + CHUNK])
-        mean = y.mean(0)
-        self.ymean, self.ym2 = _merge(self.rows, self.ymean, self.ym2, rows, mean, (y - mean).square().sum(0))
+            self._absorb(x[i : i + CHUNK], y[i : i + CHUNK], None if root is None else root[i : i + CHUNK])
+        if root is None:
+            weight, mean = float(rows), y.mean(0)
+            m2 = (y - mean).square().sum(0)
+        else:
+            ww = root.square()[:, None]
+            weight = float(ww.sum())
+            mean = (ww * y).sum(0) / weight if weight > 0 else torch.zeros_like(self.ymean)
+            m2 = (ww * (y - mean).square()).sum(0)
+        self.ymean, self.ym2 = _merge(self.weight, self.ymean, self.ym2, weight, mean, m2)
         self.rows += rows
+        self.weight += weight
         if pred is not None:
-            self.sgd_sse += (pred.reshape(rows, self.k).to(device, torch.float64) - y).square().sum(0)
+            sq = (pred.reshape(rows, self.k).to(device, torch.float64) - y).square()
+            self.sgd_sse += (sq if root is None else sq * root.square()[:, None]).sum(0)
             self.pred_rows += rows
 
     def _start(self, x: Tensor, y: Tensor) -> None:
@@ -98,7 +115,7 @@ class LeastSquares:
             scale = v.square().mean(0).sqrt()
         self.scale = torch.where((scale > 0) & scale.isfinite(), scale, torch.ones_like(scale))
 
-    def _absorb(self, x: Tensor, y: Tensor) -> None:
+    def _absorb(self, x: Tensor, y: Tensor, root: Tensor | None = None) -> None:
         m, o, d = self.R.shape[0], int(self.fit_intercept), self.d
         # Built transposed: Aᵀ row-major is A column-major, the layout LAPACK factors.
         a = torch.empty(m, m + x.shape[0], dtype=torch.float64, device=self.R.device)
@@ -108,6 +125,8 @@ class LeastSquares:
         a[o : o + d, m:] = x.T  # the float64 conversion happens in this copy
         a[o + d :, m:] = y.T
         a[o:, m:].sub_(self.shift[:, None]).div_(self.scale[:, None])
+        if root is not None:  # weighted least squares: the row times √w
+            a[:, m:].mul_(root)
         self.R = torch.linalg.qr(a.mT, mode="r").R
 
     def gram(self, x_mean: Tensor, x_scale: Tensor) -> Tensor:
@@ -129,15 +148,16 @@ class LeastSquares:
 
     def state(self) -> Tensor:
         """Everything a rank holds, as one flat float64 tensor of a fixed length (one collective, not seven)."""
-        head = torch.tensor([self.rows, self.pred_rows], dtype=torch.float64, device=self.R.device)
+        head = torch.tensor([self.rows, self.pred_rows, self.weight], dtype=torch.float64, device=self.R.device)
         return torch.cat([head, self.shift, self.scale, self.sgd_sse, self.ymean, self.ym2, self.R.flatten()])
 
     def _unpack(self, flat: Tensor) -> dict[str, Any]:
-        sizes = [2, self.d + self.k, self.d + self.k, self.k, self.k, self.k, self.R.numel()]
+        sizes = [3, self.d + self.k, self.d + self.k, self.k, self.k, self.k, self.R.numel()]
         head, shift, scale, sgd_sse, ymean, ym2, r = torch.split(flat, sizes)
         return {
             "rows": int(head[0]),
             "pred_rows": int(head[1]),
+            "weight": float(head[2]),
             "shift": shift,
             "scale": scale,
             "sgd_sse": sgd_sse,
@@ -161,9 +181,11 @@ class LeastSquares:
         self.rows, self.pred_rows = 0, sum(p["pred_rows"] for p in parts)
         self.sgd_sse = sum((p["sgd_sse"] for p in parts), torch.zeros_like(self.sgd_sse))
         self.ymean, self.ym2 = torch.zeros_like(self.ymean), torch.zeros_like(self.ym2)
+        self.weight = 0.0
         for p in parts:
-            self.ymean, self.ym2 = _merge(self.rows, self.ymean, self.ym2, p["rows"], p["ymean"], p["ym2"])
+            self.ymean, self.ym2 = _merge(self.weight, self.ymean, self.ym2, p["weight"], p["ymean"], p["ym2"])
             self.rows += p["rows"]
+            self.weight += p["weight"]
         parts = [p for p in parts if p["rows"] > 0]  # an empty rank has no shift of its own, and no rows to add
         if not parts:
             return
@@ -187,6 +209,7 @@ class LeastSquares:
         if self.rows == 0:
             raise ValueError("no rows to fit")
         d, k, p, o, n = self.d, self.k, self.p, int(self.fit_intercept), self.rows
+        wn = self.weight  # the means' denominator: n without sample weights
         names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(d)]
         if len(names) != d:
             raise ValueError(f"{len(names)} feature names for {d} features")
@@ -195,7 +218,7 @@ class LeastSquares:
         block, rhs = R[o:p, o:p], R[o:p, p:]  # the features with the ones column projected out
         null, collinear, pinv = null_space(R[:p, :p], o, n)
         if self.l1 > 0 or self.l2 > 0:
-            w = self._penalized(block * (c_x / sx), rhs * (c_y / sy), n)
+            w = self._penalized(block * (c_x / sx), rhs * (c_y / sy), wn)
             gamma = w * (sy / c_y) * (c_x / sx)[:, None]
         elif null is None:
             gamma = solve_triangular(block, rhs)
@@ -209,7 +232,7 @@ class LeastSquares:
         intercept = s_y + c_y * full[0] - coef @ s_x if o else None
         rss = _rss(R, full) * c_y**2
         mean, m2 = self.ymean.cpu().numpy(), self.ym2.cpu().numpy()
-        tss = m2 if o else m2 + n * mean**2  # without an intercept R² is uncentered, as statsmodels has it
+        tss = m2 if o else m2 + wn * mean**2  # without an intercept R² is uncentered, as statsmodels has it
         w = coef * sx / sy[:, None]
         dropped = [[names[i] for i in np.flatnonzero(row == 0)] if self.l1 > 0 else [] for row in w]
         note = None
@@ -225,10 +248,10 @@ class LeastSquares:
         return Optimum(
             coef=torch.from_numpy(np.ascontiguousarray(coef)),
             intercept=torch.from_numpy(intercept) if intercept is not None else None,
-            mse=float(np.mean(rss / n)),
-            sgd_mse=float(self.sgd_sse.sum().cpu()) / (n * k) if self.pred_rows == n else None,
-            target_var=float(np.mean(m2 / n)),
-            target_ms=float(np.mean(m2 / n + mean**2)),
+            mse=float(np.mean(rss / wn)),
+            sgd_mse=float(self.sgd_sse.sum().cpu()) / (wn * k) if self.pred_rows == n else None,
+            target_var=float(np.mean(m2 / wn)),
+            target_ms=float(np.mean(m2 / wn + mean**2)),
             n=n,
             unique=null is None or self.l2 > 0,
             collinear=[names[i] for i in collinear],
@@ -280,7 +303,7 @@ class LeastSquares:
         sx, sy = _scales(x_scale, d), _scales(y_scale, self.k)
         B, t = R[o:p, o:p] * (c_x / sx), R[o:p, p:] * (c_y / sy)
         G, b = B.T @ B, B.T @ t
-        nk = self.rows * self.k
+        nk = self.weight * self.k
         start = np.asarray(torch.as_tensor(coef).detach().cpu(), dtype=np.float64).reshape(self.k, d) * sx / sy[:, None]
         w = np.zeros((d, self.k))
         for j in range(self.k):
@@ -296,15 +319,16 @@ class LeastSquares:
         return torch.from_numpy(np.ascontiguousarray(solved)), b0
 
     def _objective(self, rss: np.ndarray, w: np.ndarray, sy: np.ndarray) -> float:
-        mse = float(np.mean(rss / sy**2)) / self.rows
+        mse = float(np.mean(rss / sy**2)) / self.weight
         return mse + self.l2 * float(np.square(w).sum()) + self.l1 * float(np.abs(w).sum())
 
     def _numpy(self) -> tuple[np.ndarray, ...]:
         R, shift, scale = (t.cpu().numpy() for t in (self.R, self.shift, self.scale))
         return R, shift[: self.d], shift[self.d :], scale[: self.d], scale[self.d :]
 
-    def _penalized(self, B: np.ndarray, t: np.ndarray, n: int) -> np.ndarray:
-        """argmin_w ‖Bw − t‖² / (n·k) + l2·‖w‖² + l1·‖w‖₁ per column of t (B: R's feature block in model units)."""
+    def _penalized(self, B: np.ndarray, t: np.ndarray, n: float) -> np.ndarray:
+        """argmin_w ‖Bw − t‖² / (n·k) + l2·‖w‖² + l1·‖w‖₁ per column of t (B: R's feature block in model
+        units; n: the rows' weight sum)."""
         nk, q = n * self.k, B.shape[1]
         if self.l1 == 0:  # ridge exactly: least squares of B stacked over √(n·k·l2)·I
             a = np.vstack([B, math.sqrt(nk * self.l2) * np.eye(q)])
@@ -318,10 +342,13 @@ class LeastSquares:
         return np.stack(cols, axis=1)
 
 
-def _merge(n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and sum of squared deviations of two sets of rows from each set's own (Chan, Golub, LeVeque)."""
+def _merge(
+    n_a: float, mean_a: Tensor, m2_a: Tensor, n_b: float, mean_b: Tensor, m2_b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Mean and sum of squared deviations of two sets of rows from each set's own (Chan, Golub, LeVeque);
+    n_a, n_b: the sets' weight sums (row counts without sample weights)."""
     n = n_a + n_b
-    if n == 0:
+    if n <= 0:
         return mean_a, m2_a
     delta = mean_b - mean_a
     return mean_a + delta * (n_b / n), m2_a + m2_b + delta.square() * (n_a * n_b / n)

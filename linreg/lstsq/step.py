@@ -42,9 +42,10 @@ def auto_step(
     return step, beta
 
 
-def curvature(gram: Tensor, rows: int, targets: int, l2: float, features: int) -> tuple[float, float, float]:
+def curvature(gram: Tensor, rows: float, targets: int, l2: float, features: int) -> tuple[float, float, float]:
     """The largest and smallest eigenvalue of the Hessian of nn.MSELoss (a mean over rows and targets)
     + l2·‖W‖², and its mean squared row norm R², from the design's Gram matrix AᵀA (``LeastSquares.gram``).
+    With sample weights AᵀWA, and ``rows`` their sum: the weighted mean's Hessian.
 
     Exactly collinear directions (eigenvalues below 1e-12 of the largest) do not count as the smallest.
     """

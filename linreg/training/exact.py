@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from linreg.errors import LinRegError
 from linreg.lstsq import LeastSquares, Optimum
 from linreg.lstsq.robust import Sandwich, covariance
 from linreg.lstsq.step import curvature
@@ -59,7 +60,7 @@ class ExactSolution:
         one for a robust covariance; ``gather``: the strategy's all_gather under DDP."""
         ls = LeastSquares(hp.in_features, hp.out_features, hp.fit_intercept, hp.l2, hp.l1, device=device)
         for view in rows("least squares"):
-            ls.update(view["x"].to(device), view["y"].to(device))
+            ls.update(view["x"].to(device), view["y"].to(device), w=_weights(view, device))
         if gather is not None:
             ls.all_gather(gather)
         optimum = ls.solve(hp.feature_names, scaling.x_scale, scaling.y_scale)
@@ -68,14 +69,15 @@ class ExactSolution:
         if cov_type != "nonrobust" and optimum.inference is not None:
             sandwich = Sandwich(ls, optimum, cov_type)
             for view in rows(f"{cov_type} standard errors"):
-                sandwich.update(view["x"].to(device), view["y"].to(device))
+                sandwich.update(view["x"].to(device), view["y"].to(device), _weights(view, device))
             if gather is not None:
                 sandwich.all_gather(gather)
         optimum, intervals = covariance(ls, optimum, sandwich)
         d = hp.in_features
         x_mean = scaling.x_mean if scaling.x_mean is not None else torch.zeros(d, dtype=torch.float64)
         x_scale = scaling.x_scale if scaling.x_scale is not None else torch.ones(d, dtype=torch.float64)
-        shape = curvature(ls.gram(x_mean, x_scale), optimum.n, hp.out_features, hp.l2, d)
+        # the loss is a mean over the weight sum (the row count without sample weights)
+        shape = curvature(ls.gram(x_mean, x_scale), ls.weight, hp.out_features, hp.l2, d)
         return cls(ls, optimum, shape, intervals)
 
     @property
@@ -97,3 +99,38 @@ class ExactSolution:
             return dataclasses.replace(optimum, mse=best, sgd_mse=objective, penalized=True)
         measured = ls.objective(coef, intercept) if mse is None else mse
         return dataclasses.replace(optimum, sgd_mse=measured)
+
+
+def stored_covariance(
+    module: Any,
+    *,
+    asked: str = "--interval",
+    model: str = "this checkpoint's model",
+    solver: str = "--model.solver lstsq",
+    cov_type: str = "--model.cov_type HC0..HC3",
+) -> dict[str, Any]:
+    """What the fit stored for prediction intervals (``linreg.lstsq.robust.covariance``, the module's
+    ``intervals``), or why there is none: one refusal for ``predict --interval`` and the estimator's
+    ``predict_interval``, each naming what was asked and the way to refit in its own words."""
+    hp = module.hparams
+    if hp.get("solver") != "lstsq":
+        raise LinRegError(
+            f"{asked}: {model} was trained by SGD; the intervals are those of the exact "
+            "least-squares solution (statsmodels' get_prediction), whose weights SGD only approaches. Refit "
+            f"with {solver} (and {cov_type} for robust ones)"
+        )
+    state: dict[str, Any] | None = getattr(module, "intervals", None)
+    if state is None:
+        raise LinRegError(
+            f"{asked}: this checkpoint holds no parameter covariance (written by a linreg that did not "
+            f"store it); refit it with {solver}"
+        )
+    if "cov" not in state:
+        raise LinRegError(f"{asked}: the fit has no standard errors, so no intervals: {state['note']}")
+    return state
+
+
+def _weights(view: dict[str, Any], device: torch.device) -> Tensor | None:
+    """A batch's sample weights (``linreg.data.weights``), on the solver's device; None without."""
+    w = view.get("w")
+    return None if w is None else w.to(device)

@@ -41,6 +41,7 @@ from linreg.training.metrics import (
     epoch_values,
     group_sums,
     monitorable,
+    weighted_mse,
 )
 
 Solver = Literal["sgd", "lstsq"]
@@ -384,6 +385,7 @@ class LinRegModule(L.LightningModule):
         preds: list[Tensor] = []
         targets: list[Tensor] = []
         losses: list[Tensor] = []
+        weights: list[Tensor] = []  # each update's sample weights, when the rows have them
         for view in batch:
             z, t = self._scaled(view["x"], self._served_scaled), self._target(view["y"], view["x"].dtype)
             loss, logged = self._loss(z, t, view, train=True)
@@ -400,10 +402,13 @@ class LinRegModule(L.LightningModule):
             preds.append(z.detach())
             targets.append(view["y"])
             losses.append(logged)
+            if "w" in view:
+                weights.append(view["w"])
         if preds:  # one Metric update per step, for the group's updates together, in one set of kernels
             pred, y = (preds[0], targets[0]) if len(preds) == 1 else (torch.cat(preds), torch.cat(targets))
             rows = [z.shape[0] for z in preds]
-            self.train_sums.update(group_sums(self._unscale(pred), y, self.y_center, losses, rows))
+            sums = group_sums(self._unscale(pred), y, self.y_center, losses, rows, weights or None)
+            self.train_sums.update(sums)
         if not torch.isfinite(logged):  # once per step: NaN and inf carry on through later updates
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
             raise LinRegError(
@@ -440,9 +445,13 @@ class LinRegModule(L.LightningModule):
         makes DDP's gradient average equal the gradient of the global-batch mean. In training, the
         penalties join it: ``l2·‖W‖²`` through the gradient (every rank adds it whole, and DDP averages),
         ``l1·‖W‖₁`` only in the logged value (its step is the proximal one, see ``training_step``).
+        With sample weights (``w``) the mean is the weighted one, Σw·r² / (Σw · targets), over the global
+        batch's weight sum under DDP (``w_total``, see ``WeightedBatches``).
         """
         world = self.trainer.world_size if attached(self) else 1
-        if world == 1:
+        if "w" in batch:
+            loss, logged = weighted_mse(z, t, batch["w"], world, batch.get("w_total"))
+        elif world == 1:
             loss = F.mse_loss(z, t)
             logged = loss.detach()
         else:
@@ -471,7 +480,7 @@ class LinRegModule(L.LightningModule):
                 )
             _, logged = self._loss(z, t, view, train=False)
             getattr(self, f"{stage}_sums").update(
-                batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged)
+                batch_sums(self._unscale(z.detach()), view["y"], self.y_center, logged, view.get("w"))
             )
 
     # -- epoch ends --------------------------------------------------------------------------------
@@ -560,7 +569,7 @@ class LinRegModule(L.LightningModule):
                 x, y = view["x"].to(self.device, dtype), view["y"].to(self.device)
                 z = self._scaled(x)
                 _, logged = self._loss(z, self._target(y, dtype), view, train=split == "train")
-                sums.update(batch_sums(self._unscale(z), y, self.y_center, logged))
+                sums.update(batch_sums(self._unscale(z), y, self.y_center, logged, view.get("w")))
             values |= epoch_values(sums.compute(), split, names)
         return {key: float(value) for key, value in values.items()}
 

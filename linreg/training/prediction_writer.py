@@ -21,6 +21,7 @@ from typing_extensions import override
 from linreg.errors import LinRegError
 from linreg.io import publish, temporary, writing
 from linreg.lstsq.robust import interval_columns
+from linreg.training.exact import stored_covariance
 
 
 class PredictionStopped(Exception):
@@ -80,7 +81,7 @@ class PredictionWriter(BasePredictionWriter):
         if self.output.exists() and not self.overwrite:
             raise LinRegError(f"{self.output} already exists; pass --overwrite true to replace it")
         if self.level is not None:
-            self._covariance = _covariance(pl_module)
+            self._covariance = stored_covariance(pl_module)
         if trainer.world_size > 1:
             self._part = _TableFile(self._part_path(trainer.global_rank), ".parquet")
         else:
@@ -234,26 +235,6 @@ class PredictionWriter(BasePredictionWriter):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_signals()
         self._running = None
-
-
-def _covariance(module: L.LightningModule) -> dict[str, Any]:
-    """What the fit stored for ``--interval`` (``linreg.lstsq.robust.covariance``), or why there is none."""
-    hp = module.hparams
-    if hp.get("solver") != "lstsq":
-        raise LinRegError(
-            "--interval: this checkpoint's model was trained by SGD; the intervals are those of the exact "
-            "least-squares solution (statsmodels' get_prediction), whose weights SGD only approaches. Refit "
-            "with --model.solver lstsq (and --model.cov_type HC0..HC3 for robust ones)"
-        )
-    state: dict[str, Any] | None = getattr(module, "intervals", None)
-    if state is None:
-        raise LinRegError(
-            "--interval: this checkpoint holds no parameter covariance (written by a linreg that did not "
-            "store it); refit it with --model.solver lstsq"
-        )
-    if "cov" not in state:
-        raise LinRegError(f"--interval: the fit has no standard errors, so no intervals: {state['note']}")
-    return state
 
 
 def _expected_rows(trainer: L.Trainer) -> int:

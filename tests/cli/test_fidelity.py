@@ -139,17 +139,14 @@ def test_saved_train_metrics_are_the_saved_models(stream, cli, workdir) -> None:
 
 
 @pytest.mark.slow
-def test_saved_train_metrics_under_ddp_are_the_saved_models(workdir) -> None:
+def test_saved_train_metrics_under_ddp_are_the_saved_models(cli, workdir) -> None:
+    """The fit runs as two real processes; the saved model's predictions are then read in this one."""
     from tests.training.test_distributed import DDP, linreg
 
     frame = _minibatch_table()
     frame.to_csv(workdir / "t.csv", index=False)
     flags = ("--data.batch_size", "8", "--data.shuffle", "none", "--trainer.max_epochs", "6", *FAST)
     linreg(workdir, "fit", "--data.path", "t.csv", *flags, *DDP)
-
-    def cli(*args: str) -> int:
-        return linreg(workdir, *args).returncode
-
     _check_saved_metrics(workdir, cli, "t.csv", frame)
 
 

@@ -82,11 +82,16 @@ def test_a_word_column_is_left_out_with_a_note_in_both_modes(cli, workdir, capsy
     table.to_csv(workdir / "t.csv", index=False)
     for stream in ("false", "true"):
         assert cli("fit", "--data.path", "t.csv", "--data.stream", stream, *STREAM, *QUIET) == 0
+        assert summary(workdir)["features"] == ["a", "b", "colour[T.red]"]  # --data.categorical auto (issue 26)
+        assert (
+            cli("fit", "--data.path", "t.csv", "--data.stream", stream, "--data.categorical", "[]", *STREAM, *QUIET)
+            == 0
+        )
         assert notes(capsys.readouterr().err) == [
             "linreg: note: t.csv: text column(s) ['colour'] are not features (linreg needs numbers)"
         ]
         assert summary(workdir)["features"] == ["a", "b"]
-    named = ("--data.features", "[a,colour]")
+    named = ("--data.features", "[a,colour]", "--data.categorical", "[]")
     assert cli("fit", "--data.path", "t.csv", "--data.stream", "true", *named, *STREAM, *QUIET) == 1
     assert error_line(capsys) == "linreg: error: t.csv: column 'colour' is not numeric (row 1: 'green')"
 

@@ -169,16 +169,23 @@ def test_quiet_by_default_and_a_progress_bar_when_verbose(capfd) -> None:
 
 @pytest.mark.slow
 def test_check_estimator() -> None:
-    """scikit-learn's own conformance checks, all of them (53 in scikit-learn 1.9, about 10 s)."""
-    # The one check allowed not to pass, and why: scikit-learn skips it itself unless SCIPY_ARRAY_API=1
-    # is set before scipy is imported, and linreg takes numpy, pandas and torch, not other array APIs.
+    """scikit-learn's own conformance checks, all of them (53 in scikit-learn 1.9, about 10 s), for both
+    solvers."""
+    # The checks allowed not to pass, and why. check_array_api_input: scikit-learn skips it itself unless
+    # SCIPY_ARRAY_API=1 is set before scipy is imported, and linreg takes numpy, pandas and torch, not other
+    # array APIs. check_sample_weight_equivalence_on_dense_data, for SGD only: weights equal repeated rows
+    # at the optimum, and SGD stops near it, not at it, to 1e-7 (scikit-learn's SGDRegressor is excused
+    # the same check); the exact solver must pass it.
     skipped = {"check_array_api_input": "SCIPY_ARRAY_API is not set"}
-    results = check_estimator(LinearRegressor(), on_fail=None)
-    assert len(results) > 40
-    failed = {r["check_name"]: repr(r["exception"]) for r in results if r["status"] != "passed"}
-    assert set(failed) <= set(skipped), failed
-    for name, reason in skipped.items():
-        assert name not in failed or reason in failed[name]
+    sgd_excused = {"check_sample_weight_equivalence_on_dense_data": "not equivalent"}
+    for solver, excused in (("lstsq", {}), ("sgd", sgd_excused)):
+        results = check_estimator(LinearRegressor(solver=solver), on_fail=None)
+        assert len(results) > 40
+        failed = {r["check_name"]: repr(r["exception"]) for r in results if r["status"] != "passed"}
+        allowed = {**skipped, **excused}
+        assert set(failed) <= set(allowed), (solver, failed)
+        for name, reason in allowed.items():
+            assert name not in failed or reason in failed[name]
 
 
 DDP_SCRIPT = """
