@@ -12,6 +12,7 @@ import torch
 
 from linreg.data.datamodule import LinRegData
 from linreg.lightning_private import plain_steps
+from linreg.training.metrics import batch_sums, group_sums
 from linreg.training.module import LinRegModule
 
 N, D, BATCH, EPOCHS = 200, 3, 16, 3  # 13 updates an epoch, in groups of 4 (rows_per_step 64)
@@ -114,3 +115,21 @@ def test_plain_and_lightning_paths_train_alike(tmp_path: Path) -> None:
     hooked, _ = _fit(npz, Hooks())
     assert torch.equal(plain.model.lin.weight, hooked.model.lin.weight)
     assert plain.loss_history == hooked.loss_history
+
+
+def test_a_groups_sums_at_once_equal_each_updates_sums_added() -> None:
+    """``group_sums`` (one set of kernels per Lightning step) against ``batch_sums`` per update, with and
+    without sample weights: each update's loss weighted by its own rows or weights."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [5, 7, 3]
+    preds = [torch.randn(n, 2, generator=g) for n in sizes]
+    ys = [torch.randn(n, 2, generator=g) for n in sizes]
+    losses = [torch.rand((), generator=g) for _ in sizes]
+    ws = [torch.rand(n, generator=g) for n in sizes]
+    center = torch.tensor([0.1, -0.2], dtype=torch.float64)
+    for w in (None, ws):
+        each = sum(
+            batch_sums(p, y, center, loss, w[i] if w else None) for i, (p, y, loss) in enumerate(zip(preds, ys, losses))
+        )
+        once = group_sums(torch.cat(preds), torch.cat(ys), center, losses, sizes, w)
+        assert isinstance(each, torch.Tensor) and torch.allclose(once, each, rtol=1e-12, atol=0)
