@@ -4,6 +4,9 @@
 ``trainer.fit``: the same closed-form pass, stopping rule, automatic step and standardization as
 ``linreg fit``. What scikit-learn asks of an estimator (parameters stored untouched by ``__init__``,
 fitted attributes ending in ``_``, clone, pickle, ``check_estimator``) is kept here, not in the module.
+
+One file over 300 lines because it is one scikit-learn class: fit, predict, summary, predict_interval and
+the files (save, export) all read the same fitted attributes; the checks and conversions are in params.py.
 """
 
 from __future__ import annotations
