@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -60,3 +61,16 @@ def error_line(capsys: Any) -> str:
     lines = [line for line in err.strip().splitlines() if line.startswith("linreg: error:")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def bare_trainer(**kwargs: Any) -> L.Trainer:
+    """A Trainer with the loop only (no logger, checkpoint, bar or model summary), on one CPU device."""
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        **kwargs,
+    )

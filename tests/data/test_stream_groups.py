@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from linreg.data.batches import Batches
 from linreg.data.datamodule import LinRegData
 from linreg.training.module import LinRegModule
 from tests.data.test_streams import D, make, write_parts
+from tests.helpers import bare_trainer
 
 BATCH = 100
 
@@ -19,15 +19,7 @@ def _fit(folder: Path, rows_per_step: int) -> tuple[LinRegModule, Batches]:
     torch.manual_seed(0)
     data = LinRegData(str(folder), batch_size=BATCH, rows_per_step=rows_per_step, stream=True, shuffle="blocks")
     module = LinRegModule(D, 1, lr=0.01, momentum=0.0, standardize=True, feature_names=data.feature_names)
-    trainer = L.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-    )
+    trainer = bare_trainer(max_epochs=3)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 3 * 30  # every SGD update counted, grouped or not
     batches = data.train_dataloader()

@@ -14,6 +14,7 @@ from linreg.data.datamodule import LinRegData
 from linreg.lightning_private import plain_steps
 from linreg.training.metrics import batch_sums, group_sums
 from linreg.training.module import LinRegModule
+from tests.helpers import bare_trainer
 
 N, D, BATCH, EPOCHS = 200, 3, 16, 3  # 13 updates an epoch, in groups of 4 (rows_per_step 64)
 
@@ -35,14 +36,8 @@ def _fit(path: Path, *callbacks: L.Callback) -> tuple[LinRegModule, L.Trainer]:
     torch.manual_seed(0)
     data = LinRegData(str(path), batch_size=BATCH, rows_per_step=4 * BATCH, standardize=True)
     module = LinRegModule(D, 1, lr=0.05, momentum=0.0, standardize=True, feature_names=data.feature_names)
-    trainer = L.Trainer(
+    trainer = bare_trainer(
         max_epochs=EPOCHS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
         callbacks=list(callbacks),
     )
     trainer.fit(module, datamodule=data)
